@@ -1,0 +1,174 @@
+"""Loading a recipe: schema <- base recipes <- recipe file <- command-line overrides, in that order.
+
+Every user mistake becomes a ``RecipeError`` naming the key, where it came from, and what to write
+instead, before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mosaics_lab.config.schema import Recipe
+from mosaics_lab.models import MODEL_TABLE
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used as written; the message says what to change."""
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in many types
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(cfg).__name__}")
+    return cfg
+
+
+def _resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """The recipe and its ``base:`` ancestors, most basic first. Paths are relative to the file."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise RecipeError(f"base: cycle between recipes: {cycle}")
+    cfg = _read_yaml(path)
+    layers: list[tuple[Path, DictConfig]] = []
+    if "base" in cfg:
+        bases = cfg.base
+        for base in [bases] if isinstance(bases, str) else list(bases):
+            layers += _resolve_bases((path.parent / str(base)), (*chain, path))
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "base"])
+    return [*layers, (path, cfg)]
+
+
+def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
+    parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+    node = OmegaConf.select(schema, parent) if parent else schema
+    return [str(k) for k in node] if isinstance(node, DictConfig) else []
+
+
+def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> RecipeError:
+    key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
+        valid = _valid_keys(schema, key)
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        parent = key[: -len(leaf)]
+        hint = f"; did you mean {parent + close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
+        return RecipeError(f"{source}: unknown recipe key {key!r}{hint}")
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        return RecipeError(f"{source}: wrong type for {key!r}: {msg}")
+    return RecipeError(f"{source}: {key!r}: {str(exc).splitlines()[0]}")
+
+
+def _arch_of(layers: list[tuple[Path, DictConfig]], overrides: DictConfig) -> str:
+    arch = "gpt2"
+    for _, cfg in [*layers, (None, overrides)]:
+        value = OmegaConf.select(cfg, "model.arch", default=None)
+        if value is not None:
+            arch = str(value)
+    if arch not in MODEL_TABLE:
+        close = difflib.get_close_matches(arch, list(MODEL_TABLE), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"unknown model.arch {arch!r}{hint} (known: {', '.join(sorted(MODEL_TABLE))})")
+    return arch
+
+
+def schema_for(arch: str) -> DictConfig:
+    """The structured, struct-mode recipe schema with the model section typed for ``arch``."""
+    schema = OmegaConf.structured(Recipe)
+    with_model = OmegaConf.structured(MODEL_TABLE[arch][0])
+    OmegaConf.set_struct(schema, False)
+    schema.model = with_model
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} must look like key.path=value (e.g. train.max_steps=200)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"command line: cannot parse overrides {list(overrides)}: {exc}") from exc
+
+
+def load_recipe_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The merged, validated recipe as an OmegaConf DictConfig (struct mode)."""
+    layers = _resolve_bases(Path(path))
+    dotlist = parse_overrides(overrides)
+    schema = schema_for(_arch_of(layers, dotlist))
+    merged = schema
+    for source, cfg in [*((str(p), c) for p, c in layers), ("command line", dotlist)]:
+        try:
+            merged = OmegaConf.merge(merged, cfg)
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, schema, source) from exc
+    return merged
+
+
+def to_recipe(cfg: DictConfig, source: str = "recipe") -> Recipe:
+    try:
+        recipe = OmegaConf.to_object(cfg)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{source}: {exc}") from exc
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
+        raise RecipeError(f"{source}: {str(cause).splitlines()[0]}") from exc
+    assert isinstance(recipe, Recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Load ``path`` (with its ``base:`` chain) and apply ``a.b=c`` overrides; validate everything."""
+    cfg = load_recipe_config(path, overrides)
+    return to_recipe(cfg, source=str(path))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(recipe), resolve=True)  # type: ignore[return-value]
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; used for hparams records and sweep tables."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Rebuild a Recipe from its dict form (e.g. a run's recipe.yaml), with full validation."""
+    arch = str(d.get("model", {}).get("arch", "gpt2"))
+    if arch not in MODEL_TABLE:
+        raise RecipeError(f"{source}: unknown model.arch {arch!r}")
+    schema = schema_for(arch)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(d))
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, schema, source) from exc
+    return to_recipe(merged, source)
+
+
+def dataclass_keys(obj: Any) -> list[str]:
+    return [f.name for f in fields(obj)] if is_dataclass(obj) else []

@@ -1,0 +1,99 @@
+"""What every model shares: the config fields common to all architectures and the trainer-facing
+interface (blocks to wrap, optimiser groups, diagnostics). Models import torch and ops only.
+
+Shape letters: B batch, T sequence length, C channels (n_embd), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Keys every architecture accepts, so recipes for different archs differ only where they must."""
+
+    arch: str = "gpt2"
+    vocab_size: Optional[int] = None  # None: taken from the data's tokenizer at build time
+    block_size: int = 256  # training context length T (a memory mosaic runs at any length)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    # Path of another recipe whose parameter count this model should match (< 2 %) by adjusting its
+    # width-free knob (d_ff for FFN models, pmem_size for persistent memories). Resolved by the loader.
+    match_params_of: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ValueError(f"model.vocab_size must be >= 2 (or null for the tokenizer's), got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class LanguageModel(nn.Module):
+    """Base class of every model in the table: ``forward(idx[B, T]) -> logits[B, T, V]``.
+
+    The trainer never branches on the architecture; it asks the model for what it needs here.
+    """
+
+    blocks: nn.ModuleList
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: matrices and memory banks (dim >= 2) are decayed; biases, norms and per-head
+        scalars (dim < 2) are not. Models with other needs override this."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars worth logging besides the loss (e.g. learned bandwidths). Empty by default."""
+        return {}
+
+
+def init_linear_(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 style init: N(0, std) for Linear and Embedding weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+def scaled_residual_init_(model: nn.Module, n_layer: int, suffix: str = "c_proj.weight") -> None:
+    """Residual projections get std 0.02 / sqrt(2 n_layer) (GPT-2 paper)."""
+    for name, p in model.named_parameters():
+        if name.endswith(suffix):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+
+def swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
+    """Llama's default SwiGLU width: 2/3 of 4d, rounded up to a multiple (same params as a 4d MLP)."""
+    hidden = int(2 * 4 * n_embd / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)

@@ -1,0 +1,142 @@
+"""Llama-style baseline: RoPE, RMSNorm, SwiGLU, untied embedding and classifier, optional
+grouped-query attention, causal SDPA.
+
+Shape letters: B batch, T sequence length, C channels (n_embd), H heads, K kv heads, D head size,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosaics_lab.models.base import (
+    LanguageModel,
+    ModelConfig,
+    init_linear_,
+    scaled_residual_init_,
+    swiglu_hidden,
+)
+
+
+@dataclass
+class LlamaConfig(ModelConfig):
+    arch: str = "llama"
+    d_ff: Optional[int] = None  # SwiGLU hidden width; None = 2/3 * 4d rounded up to a multiple of 64
+    n_kv_head: Optional[int] = None  # grouped-query attention; None = n_head (plain MHA)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        kv = self.kv_heads
+        if kv < 1 or self.n_head % kv:
+            raise ValueError(f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
+        if self.head_size % 2:
+            raise ValueError(f"RoPE needs an even head size, got n_embd / n_head = {self.head_size}")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ValueError(f"model.d_ff must be >= 1 (or null for the SwiGLU default), got {self.d_ff}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.d_ff if self.d_ff is not None else swiglu_hidden(self.n_embd)
+
+
+def rope_tables(T: int, D: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (T, D/2), computed for the actual length: no maximum-length buffer."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
+    angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, T, D) by the position's angle."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, D/2) each
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv = config.n_head, config.kv_heads
+        self.head_size = config.head_size
+        self.theta = config.rope_theta
+        self.wq = nn.Linear(config.n_embd, config.n_head * self.head_size, bias=False)
+        self.wkv = nn.Linear(config.n_embd, 2 * self.n_kv * self.head_size, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, D)
+        k, v = self.wkv(x).view(B, T, 2, self.n_kv, self.head_size).permute(2, 0, 3, 1, 4)  # (B, K, T, D)
+        cos, sin = rope_tables(T, self.head_size, self.theta, x.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv != self.n_head,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, n_embd: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(n_embd, hidden, bias=False)
+        self.w3 = nn.Linear(n_embd, hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.ffn_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.ffn = SwiGLU(config.n_embd, config.hidden, config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Llama(LanguageModel):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        assert config.vocab_size is not None, "vocab_size must be resolved before building"
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(init_linear_)
+        scaled_residual_init_(self, config.n_layer)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm(x))  # (B, T, V)
