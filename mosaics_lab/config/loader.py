@@ -85,6 +85,18 @@ def _arch_of(layers: list[tuple[Path, DictConfig]], overrides: DictConfig) -> st
     return arch
 
 
+def _open_free_form_dicts(node: DictConfig) -> None:
+    """Struct mode applies to dataclass sections only: ``Dict[str, Any]`` fields (e.g.
+    ``data.generate_args``) take any key; their consumer validates them."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if child._metadata.object_type in (None, dict):
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_free_form_dicts(child)
+
+
 def schema_for(arch: str) -> DictConfig:
     """The structured, struct-mode recipe schema with the model section typed for ``arch``."""
     schema = OmegaConf.structured(Recipe)
@@ -92,6 +104,7 @@ def schema_for(arch: str) -> DictConfig:
     OmegaConf.set_struct(schema, False)
     schema.model = with_model
     OmegaConf.set_struct(schema, True)
+    _open_free_form_dicts(schema)
     return schema
 
 

@@ -7,7 +7,7 @@ Shape letters: B batch, T sequence length, C channels (n_embd), H heads, D head 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,8 @@ class GPT2Config(ModelConfig):
     d_ff: Optional[int] = None  # MLP hidden width; None = 4 * n_embd
     bias: bool = True
     tie_embeddings: bool = True
+
+    MATCH_KNOB: ClassVar[str] = "d_ff"  # what model.match_params_of adjusts
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,7 +8,7 @@ V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ class LlamaConfig(ModelConfig):
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+
+    MATCH_KNOB: ClassVar[str] = "d_ff"  # what model.match_params_of adjusts
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,56 @@
+"""The ``mosaics-lab`` command: train | eval | sweep | compare | prepare | bench | generate.
+
+Each layer registers its own subcommand (``register_cli(subparsers)``); this file only dispatches and
+turns the project's user-facing errors (ValueError subclasses that say what to fix) into a message
+and a non-zero exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# Subcommand modules, in the order `--help` lists them.
+SUBCOMMANDS = (
+    "mosaics_lab.training.cli",
+    "mosaics_lab.data.prepare",
+)
+
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mosaics-lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register_cli(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from mosaics_lab.training.module import NonFiniteError
+
+    try:
+        return int(args.func(args) or 0)
+    except NonFiniteError as exc:
+        if args.debug:
+            raise
+        print(f"mosaics-lab: stopped: {exc}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"mosaics-lab: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, callbacks, strategies, run directories (``train(recipe)``)."""

@@ -1,0 +1,200 @@
+"""Lightning parts written here because the library's did not fit, each saying why.
+
+- ``AtomicCheckpointIO``: Lightning's TorchCheckpointIO writes in place, so a process killed mid-write
+  leaves a truncated ``last.ckpt`` that a resume would pick up. We write a temp file and rename.
+- ``JsonlLogger``: an extra Lightning logger mirroring every logged scalar to ``metrics.jsonl``.
+- ``PerfMonitor``: ThroughputMonitor logs ``train/items_per_sec`` etc.; we keep its computation
+  (``lightning.fabric.utilities.throughput.Throughput``) but log under our documented tags.
+- ``RunLifecycle``: the hparams record (once per run), final ``last.ckpt``, ``summary.json``, last
+  good checkpoint on a non-finite stop, RNG states in checkpoints (exact resume with dropout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from mosaics_lab import constants as C
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+
+
+class JsonlLogger(Logger):
+    """Appends ``{"step": s, "time": t, tag: value, ...}`` lines to ``<run>/metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(run_dir) / C.METRICS_FILE
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines the interrupted process logged after its last checkpoint, so curves
+        have no duplicate steps (TensorBoard gets the same via purge_step)."""
+        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        return None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the recipe is in recipe.yaml
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {"step": step, "time": round(time.time(), 3)}
+        row.update({k: float(v) for k, v in metrics.items() if k != "epoch"})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # CPU: the process's peak resident set (kilobytes on Linux, bytes on macOS)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+class PerfMonitor(L.Callback):
+    """tokens/s, model FLOPs utilisation (when the device's peak is known) and peak memory."""
+
+    def __init__(self, tokens_per_step: int, flops_per_step: float | None = None, window: int = 10) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_step = flops_per_step
+        self.window = window
+        self._throughput: Throughput | None = None
+        self._t0 = 0.0
+        self._last_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        peak = get_available_flops(pl_module.device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
+        self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._last_step or self._throughput is None:
+            return  # an accumulation micro-batch: no optimiser step happened
+        self._last_step = step
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        elapsed = time.perf_counter() - self._t0
+        self._throughput.update(
+            time=elapsed,
+            batches=step,
+            samples=step * self.tokens_per_step,
+            lengths=step * self.tokens_per_step,
+            flops=self.flops_per_step * step if self.flops_per_step else None,
+        )
+        metrics = self._throughput.compute()
+        if "device/items_per_sec" in metrics:
+            pl_module.log(C.PERF_TOKENS_PER_SEC, metrics["device/items_per_sec"] * trainer.world_size, on_step=True)
+        if "device/mfu" in metrics:
+            pl_module.log(C.PERF_MFU, metrics["device/mfu"], on_step=True)
+        pl_module.log(C.MEM_PEAK_GIB, peak_memory_gib(pl_module.device), on_step=True)
+
+
+class RunLifecycle(L.Callback):
+    def __init__(self, run_dir: Path, hparams: dict[str, Any], fresh_run: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.hparams = hparams
+        self.fresh_run = fresh_run
+        self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIR
+        self._t_start = 0.0
+
+    # RNG states travel in the checkpoint so a resumed run draws the same dropout masks.
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if state.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t_start = time.time()
+        if self.fresh_run and trainer.global_step == 0:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    # One hparams record per run; hp/* values are then updated as scalars.
+                    logger.log_hyperparams(self.hparams, {C.HP_VAL_LOSS: float("nan"), C.HP_TRAIN_LOSS: float("nan")})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        loss = trainer.callback_metrics.get(C.TRAIN_LOSS)
+        if loss is not None and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log(C.HP_TRAIN_LOSS, float(loss), on_step=True)
+
+    def save_last_good(self, trainer: L.Trainer) -> Path:
+        path = self.ckpt_dir / C.LAST_GOOD_CHECKPOINT
+        trainer.save_checkpoint(path)
+        return path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.ckpt_dir / C.LAST_CHECKPOINT)
+        if trainer.is_global_zero:
+            self.write_summary(trainer, status="completed")
+
+    def write_summary(self, trainer: L.Trainer, status: str) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        summary = {
+            "status": status,
+            "global_step": trainer.global_step,
+            "wall_time_s": round(time.time() - self._t_start, 2),
+            "metrics": metrics,
+        }
+        atomic_write_text(self.run_dir / C.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            self.write_summary(trainer, status=f"failed: {type(exception).__name__}: {exception}")

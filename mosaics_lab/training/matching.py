@@ -1,0 +1,45 @@
+"""Parameter matching (``model.match_params_of: <recipe>``): adjust this model's width-free knob
+(``d_ff`` for FFN models, ``pmem_size`` for persistent memories; each config names its own in
+``MATCH_KNOB``) so that the two models differ by less than 2 % in parameter count."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mosaics_lab.models import build_model
+from mosaics_lab.models.base import ModelConfig
+
+TOLERANCE = 0.02
+
+
+def count_params(cfg: ModelConfig) -> int:
+    with torch.device("meta"):
+        return build_model(cfg).num_params()
+
+
+def match_params(cfg: ModelConfig, other_recipe: str | Path) -> ModelConfig:
+    from mosaics_lab.config.loader import RecipeError, load_recipe
+
+    other = load_recipe(other_recipe).model
+    if other.vocab_size is None:
+        other = dataclasses.replace(other, vocab_size=cfg.vocab_size)
+    target = count_params(other)
+    knob = getattr(type(cfg), "MATCH_KNOB", None)
+    if knob is None:
+        raise RecipeError(f"model.arch {cfg.arch!r} has no knob to adjust for model.match_params_of")
+    lo, hi = 1, 64 * max(cfg.n_embd, 1)
+    count = lambda v: count_params(dataclasses.replace(cfg, **{knob: v}, match_params_of=None))
+    while hi - lo > 1:  # parameter count is monotone in the knob
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= target else (lo, mid)
+    best = min((lo, hi), key=lambda v: abs(count(v) - target))
+    got = count(best)
+    if abs(got - target) / target >= TOLERANCE:
+        raise RecipeError(
+            f"cannot match {other_recipe} ({target:,} params) within {TOLERANCE:.0%} by model.{knob}: "
+            f"closest is {got:,} at {knob}={best}; change width or depth"
+        )
+    return dataclasses.replace(cfg, **{knob: best})

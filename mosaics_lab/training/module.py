@@ -1,0 +1,128 @@
+"""The LightningModule: the *system* (loss, metrics, optimiser, schedule) around any *network* from
+the model table. It never branches on the architecture name.
+
+Shape letters: B batch, T sequence length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from mosaics_lab import constants as C
+from mosaics_lab.config.schema import Recipe
+from mosaics_lab.models import build_model
+from mosaics_lab.training.optim import build_optimizer
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; training stopped on the last good state."""
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over positions whose label is not -100 (float32 logits)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class LanguageModelModule(L.LightningModule):
+    def __init__(self, recipe: Recipe, total_steps: int) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.total_steps = total_steps
+        self.model = build_model(recipe.model)
+        self.tokens_per_step = recipe.train.global_batch_size * recipe.model.block_size
+        self._compiled = False
+
+    # ---- model transforms, applied from outside the model (torchtitan order) ----
+    def configure_model(self) -> None:
+        """Activation checkpointing, then per-block torch.compile, then FSDP2 `fully_shard` per block
+        and of the root (torchtitan's order). Idempotent: Lightning may call it more than once."""
+        if self._compiled:
+            return
+        dist = self.recipe.dist
+        blocks: nn.ModuleList = self.model.blocks
+        if dist.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+            for i, block in enumerate(blocks):
+                blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+        if dist.compile:
+            for i, block in enumerate(blocks):
+                blocks[i] = torch.compile(block)
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self.device_mesh["data_parallel"]
+            for block in blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(self.model, mesh=mesh)
+        self._compiled = True
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(batch["input_ids"])  # (B, T, V)
+        return lm_loss(logits, batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        if not torch.isfinite(loss.detach()):
+            self._stop_on_nonfinite(f"{C.TRAIN_LOSS} = {loss.item()}")
+        self.log(C.TRAIN_LOSS, loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Logged here (not via LearningRateMonitor, which names tags per param group:
+        # train/lr/pg1, train/lr/pg2) so the tag is the documented `train/lr`.
+        sched = self.lr_schedulers()
+        self.log(C.TRAIN_LR, sched.get_last_lr()[0], on_step=True)
+        self.log(C.TRAIN_TOKENS, float(self.trainer.global_step * self.tokens_per_step), on_step=True)
+        for tag, value in self.model.diagnostics().items():
+            self.log(tag, value, on_step=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.log(C.VAL_LOSS, loss, on_epoch=True, sync_dist=True, batch_size=batch["input_ids"].size(0))
+
+    def on_validation_epoch_end(self) -> None:
+        val = self.trainer.callback_metrics.get(C.VAL_LOSS)
+        if val is not None and not self.trainer.sanity_checking:
+            self.log(C.VAL_PPL, math.exp(min(float(val), 50.0)))
+            self.log(C.HP_VAL_LOSS, float(val))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm (or only measure it when clipping is off), log it, and refuse to step
+        on a non-finite gradient: the weights are still the last good ones at this point."""
+        max_norm = self.recipe.train.grad_clip or math.inf
+        params = [p for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        if not torch.isfinite(norm):
+            self._stop_on_nonfinite(f"{C.TRAIN_GRAD_NORM} = {norm.item()}")
+        self.log(C.TRAIN_GRAD_NORM, norm, on_step=True)
+
+    def _stop_on_nonfinite(self, what: str) -> None:
+        step = self.trainer.global_step
+        path = None
+        for cb in self.trainer.callbacks:
+            save = getattr(cb, "save_last_good", None)
+            if save is not None:
+                path = save(self.trainer)
+        where = f"; the last good weights are in {path}" if path else ""
+        raise NonFiniteError(
+            f"{what} at step {step}: training stopped{where}. "
+            "Lower train.lr, raise train.warmup_steps or set train.grad_clip, then resume or restart."
+        )
+
+    def configure_optimizers(self) -> dict:
+        opt, sched = build_optimizer(self.model, self.recipe.train, self.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

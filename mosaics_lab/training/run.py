@@ -1,0 +1,227 @@
+"""A run: its directory, its resolved recipe, its Trainer, and resuming it.
+
+``runs/<recipe name>/<run id>/`` where the run id is, unless given, a short hash of the resolved
+recipe without the keys that may change on resume (budgets, logging, evaluation cadence). So the
+same command resumes the same run and a different recipe never lands in an existing run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from mosaics_lab import __version__
+from mosaics_lab import constants as C
+from mosaics_lab.config.loader import flatten, recipe_from_dict, recipe_to_dict
+from mosaics_lab.config.schema import Recipe
+from mosaics_lab.data import LMDataModule, dataset_vocab_size
+from mosaics_lab.models import build_model
+from mosaics_lab.training.callbacks import AtomicCheckpointIO, JsonlLogger, PerfMonitor, RunLifecycle
+from mosaics_lab.training.module import LanguageModelModule
+from mosaics_lab.training.strategies import build_strategy, world_size
+
+# Keys that may differ between an interrupted run and its resumption.
+RESUME_SAFE_PREFIXES = ("train.max_steps", "train.max_tokens", "log.", "eval.", "data.num_workers")
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used for this recipe; the message says what to do instead."""
+
+
+def identity(recipe_dict: dict[str, Any]) -> dict[str, Any]:
+    flat = flatten(recipe_dict)
+    return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES) and k != C.RUN_META_KEY}
+
+
+def run_id_for(recipe_dict: dict[str, Any]) -> str:
+    blob = json.dumps(identity(recipe_dict), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    if recipe.log.run_dir:
+        return Path(recipe.log.run_dir)
+    run_id = recipe.log.run_id or run_id_for(recipe_to_dict(recipe))
+    return Path(recipe.log.root) / recipe.name / run_id
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def read_run_recipe(run_dir: Path) -> Recipe:
+    """The recipe a run was trained with (its recipe.yaml without the `_run` section)."""
+    path = Path(run_dir) / C.RECIPE_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory: it has no {C.RECIPE_FILE}")
+    d = yaml.safe_load(path.read_text())
+    d.pop(C.RUN_META_KEY, None)
+    return recipe_from_dict(d, source=str(path))
+
+
+@dataclass
+class RunPlan:
+    recipe: Recipe
+    run_dir: Path
+    resume_from: Path | None
+    resume_step: int | None
+    total_steps: int
+    param_count: int
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def resolve_recipe(recipe: Recipe) -> Recipe:
+    """Fill what the recipe leaves to the data (vocabulary size) and parameter matching."""
+    model = recipe.model
+    if model.vocab_size is None:
+        model = dataclasses.replace(model, vocab_size=dataset_vocab_size(recipe.data))
+    if model.match_params_of:
+        from mosaics_lab.training.matching import match_params
+
+        model = match_params(model, model.match_params_of)
+    return dataclasses.replace(recipe, model=model)
+
+
+def plan_run(recipe: Recipe) -> RunPlan:
+    """Resolve the recipe, pick the run dir, check it belongs to this recipe, write recipe.yaml."""
+    recipe = resolve_recipe(recipe)
+    run_dir = run_dir_for(recipe)
+    recipe_path = run_dir / C.RECIPE_FILE
+    as_dict = recipe_to_dict(recipe)
+    if recipe_path.exists():
+        previous = yaml.safe_load(recipe_path.read_text()) or {}
+        old, new = identity(previous), identity(as_dict)
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+            raise RunDirError(
+                f"run dir {run_dir} belongs to a different recipe ({shown}); refusing to mix runs. "
+                "Use another log.run_id (or log.run_dir), or delete that directory."
+            )
+    last = run_dir / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT
+    resume_step = None
+    if last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        resume_step = int(ckpt["global_step"])
+        del ckpt
+    with torch.device("meta"):
+        n_params = build_model(recipe.model).num_params()
+    total_steps = recipe.train.total_steps(recipe.model.block_size)
+    if _is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = dict(as_dict)
+        record[C.RUN_META_KEY] = {
+            "mosaics_lab": __version__,
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "git_sha": git_sha(),
+            "params": n_params,
+            "total_steps": total_steps,
+            "resumed_from_step": resume_step,
+        }
+        tmp = recipe_path.with_name(f".{C.RECIPE_FILE}.tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+        os.replace(tmp, recipe_path)
+    return RunPlan(recipe, run_dir, last if resume_step is not None else None, resume_step, total_steps, n_params)
+
+
+def resolve_precision(recipe: Recipe) -> str:
+    if recipe.train.precision != "auto":
+        return recipe.train.precision
+    on_gpu = recipe.dist.accelerator in ("gpu", "cuda") or (
+        recipe.dist.accelerator == "auto" and torch.cuda.is_available()
+    )
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    recipe, run_dir = plan.recipe, plan.run_dir
+    accum = recipe.train.accumulation(world_size(recipe.dist))
+    ckpt_dir = run_dir / C.CHECKPOINT_DIR
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step-{step:06d}",
+            every_n_train_steps=recipe.log.checkpoint_every_n_steps,
+            save_top_k=-1,
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
+        RunLifecycle(run_dir, flatten(recipe_to_dict(recipe)), fresh_run=plan.resume_from is None),
+        PerfMonitor(recipe.train.global_batch_size * recipe.model.block_size),
+        *extra_callbacks,
+    ]
+    if recipe.eval.batches > 0:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir, filename="best", monitor=C.VAL_LOSS, mode="min", save_top_k=1, save_last=False
+            )
+        )
+    if recipe.log.progress_bar:
+        try:
+            import rich  # noqa: F401
+
+            callbacks.append(RichProgressBar())
+        except ImportError:
+            callbacks.append(TQDMProgressBar(refresh_rate=max(1, recipe.log.every_n_steps)))
+    purge = plan.resume_step + 1 if plan.resume_step is not None else None
+    loggers = [
+        TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge),
+        JsonlLogger(run_dir, resume_step=plan.resume_step),
+    ]
+    return L.Trainer(
+        accelerator=recipe.dist.accelerator,
+        devices=recipe.dist.devices,
+        num_nodes=recipe.dist.num_nodes,
+        strategy=build_strategy(recipe.dist),
+        precision=resolve_precision(recipe),
+        max_steps=plan.total_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=accum,
+        val_check_interval=recipe.eval.every_n_steps * accum,
+        check_val_every_n_epoch=None,
+        limit_val_batches=recipe.eval.batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=recipe.log.every_n_steps,
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=recipe.log.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Train (or resume) the run of ``recipe``; returns its run directory."""
+    plan = plan_run(recipe)
+    L.seed_everything(plan.recipe.seed, workers=True, verbose=False)
+    module = LanguageModelModule(plan.recipe, plan.total_steps)
+    data = LMDataModule(
+        plan.recipe.data, plan.recipe.model.block_size, plan.recipe.train.micro_batch_size, plan.recipe.seed
+    )
+    trainer = build_trainer(plan, callbacks)
+    trainer.fit(module, datamodule=data, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    return plan.run_dir
