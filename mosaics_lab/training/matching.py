@@ -27,7 +27,7 @@ def match_params(cfg: ModelConfig, other_recipe: str | Path) -> ModelConfig:
     if other.vocab_size is None:
         other = dataclasses.replace(other, vocab_size=cfg.vocab_size)
     target = count_params(other)
-    knob = getattr(type(cfg), "MATCH_KNOB", None)
+    knob = getattr(cfg, "MATCH_KNOB", None)
     if knob is None:
         raise RecipeError(f"model.arch {cfg.arch!r} has no knob to adjust for model.match_params_of")
     lo, hi = 1, 64 * max(cfg.n_embd, 1)
