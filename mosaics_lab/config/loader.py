@@ -7,6 +7,7 @@ instead, before anything is trained or written.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -121,6 +122,11 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
 def load_recipe_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The merged, validated recipe as an OmegaConf DictConfig (struct mode)."""
     layers = _resolve_bases(Path(path))
+    for file, cfg in layers:
+        # like base:, a recipe path inside a recipe is relative to the file that names it
+        other = OmegaConf.select(cfg, "model.match_params_of", default=None)
+        if other and not Path(str(other)).is_absolute():
+            cfg.model.match_params_of = os.path.relpath(file.parent / str(other))
     dotlist = parse_overrides(overrides)
     schema = schema_for(_arch_of(layers, dotlist))
     merged = schema
