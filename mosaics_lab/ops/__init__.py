@@ -1,0 +1,16 @@
+"""Pure tensor ops every model builds on (imports torch only); each fast op has a naive spec beside it."""
+
+from mosaics_lab.ops.kernel_regression import (
+    kernel_regression,
+    kernel_regression_flex,
+    kernel_regression_reference,
+)
+from mosaics_lab.ops.leaky_average import leaky_average, leaky_average_reference
+
+__all__ = [
+    "kernel_regression",
+    "kernel_regression_flex",
+    "kernel_regression_reference",
+    "leaky_average",
+    "leaky_average_reference",
+]

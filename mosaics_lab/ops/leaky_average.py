@@ -1,0 +1,154 @@
+"""Leaky average: the key extractor's recurrence, in O(T) chunked form and as a naive O(T^2) spec.
+
+Shapes: B batch, H heads, T time steps, D head dimension.
+
+    kbar_t = exp(log_gate_t) * x_t + exp(log_decay_t) * kbar_{t-1},   kbar_0 = 0
+    k_t    = kbar_t / (||kbar_t||_2 + eps)
+
+Unrolled, kbar_t = sum_{i<=t} exp(G_i + sum_{i<l<=t} L_l) x_i with G = log_gate, L = log_decay.
+
+The fast form (`leaky_average`) splits time into chunks of C steps. Inside a chunk the (C x C)
+lower-triangular weight matrix is built in log space and applied with one matmul; the state at
+each chunk end obeys the same recurrence one level up (input = the chunk's own end state, decay =
+the chunk's total decay), so it is solved by the same function recursively, with T / C steps.
+Every intermediate is carried as `exp(log_scale) * h`, where log_scale is a (detached) running max
+of the log weights, so h stays O(C^depth * max|x|) for any gate or decay, and the final
+normalisation divides the scale out exactly: k = h / (||h|| + eps * exp(-log_scale)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["leaky_average", "leaky_average_reference"]
+
+# exp(80) ~ 5.5e34 is far from float32 overflow (3.4e38). Clamping the eps term there changes k only
+# where the exact k is below ~1e-35 times ||h||, i.e. where the float32 answer is zero anyway,
+# and keeps the backward free of inf * 0.
+_MAX_LOG_EPS_TERM = 80.0
+
+
+def _expand_log_coefficient(name: str, value: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    try:
+        return value.to(torch.float32).expand(shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to (B, H, T) = {shape}"
+        ) from err
+
+
+def _scaled_leaky_sum(
+    x: torch.Tensor, log_decay: torch.Tensor, log_gate: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (h, log_scale) with kbar_t = exp(log_scale_t) * h_t; all float32, log_scale detached.
+
+    x: (B, H, T, D); log_decay, log_gate: (B, H, T).
+    """
+    B, H, T, D = x.shape
+    C = min(chunk, T)
+    N = -(-T // C)
+    pad = N * C - T
+    if pad:
+        # Padding sits after the last real step, so it cannot reach any real output.
+        x = F.pad(x, (0, 0, 0, pad))
+        log_decay = F.pad(log_decay, (0, pad))
+        log_gate = F.pad(log_gate, (0, pad))
+    xc = x.reshape(B, H, N, C, D)
+    Lc = log_decay.reshape(B, H, N, C)
+    Gc = log_gate.reshape(B, H, N, C)
+
+    ones = torch.ones(C, C, dtype=torch.bool, device=x.device)
+    strictly_lower = ones.tril(-1)
+    lower = ones.tril()
+    # seg[t, i] = sum_{i < l <= t} L_l, summed directly (all terms share a sign) rather than as a
+    # difference of prefix sums, which loses the small decays next to a large one in float32.
+    seg = Lc.unsqueeze(-1).expand(B, H, N, C, C).masked_fill(~strictly_lower, 0.0).cumsum(-2)
+    log_w = (seg + Gc.unsqueeze(-2)).masked_fill(~lower, float("-inf"))  # (B, H, N, C, C) [t, i]
+    # The row max is a scale only (the result does not depend on it), so it needs no gradient.
+    m = log_w.detach().amax(-1)  # (B, H, N, C); finite: the diagonal holds G_t
+    h = torch.exp(log_w - m.unsqueeze(-1)) @ xc  # (B, H, N, C, D)
+    if N == 1:
+        return h.reshape(B, H, C, D)[:, :, :T], m.reshape(B, H, C)[:, :, :T]
+
+    # Chunk-end states: state_n = exp(A_n) * state_{n-1} + exp(m_end_n) * h_end_n, the same
+    # recurrence on T / C steps.
+    decay_from_start = Lc.cumsum(-1)  # (B, H, N, C): decay applied to the state entering the chunk
+    h_state, m_state = _scaled_leaky_sum(h[:, :, :, -1], decay_from_start[..., -1], m[..., -1], chunk)
+    # The state entering chunk n is the one leaving chunk n - 1; nothing enters chunk 0.
+    h_prev = F.pad(h_state[:, :, :-1], (0, 0, 1, 0))  # (B, H, N, D)
+    m_prev = F.pad(m_state[:, :, :-1], (1, 0), value=float("-inf"))  # (B, H, N)
+    log_carry = decay_from_start + m_prev.unsqueeze(-1)  # (B, H, N, C)
+    scale = torch.maximum(m, log_carry.detach())
+    h = torch.exp(m - scale).unsqueeze(-1) * h + torch.exp(log_carry - scale).unsqueeze(
+        -1
+    ) * h_prev.unsqueeze(-2)
+    return h.reshape(B, H, N * C, D)[:, :, :T], scale.reshape(B, H, N * C)[:, :, :T]
+
+
+def leaky_average(
+    x: torch.Tensor,
+    log_decay: torch.Tensor,
+    log_gate: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-6,
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """Normalised leaky average of x over time, O(T) time and memory.
+
+    x: (B, H, T, D). log_decay: broadcastable to (B, H, T), values <= 0 (larger values are computed
+    correctly too, but are not a decay). log_gate: broadcastable to (B, H, T), any real value, or
+    None for a gate of 1. Computed in float32, returned in x's dtype, shape (B, H, T, D).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, H, T, D), got {tuple(x.shape)}")
+    if chunk_size < 2:
+        # Chunks of 1 would never shrink the chunk-end recurrence.
+        raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
+    B, H, T, D = x.shape
+    L = _expand_log_coefficient("log_decay", log_decay, (B, H, T))
+    G = (
+        x.new_zeros((), dtype=torch.float32).expand(B, H, T)
+        if log_gate is None
+        else _expand_log_coefficient("log_gate", log_gate, (B, H, T))
+    )
+    if T == 0:
+        return x.clone()
+    h, log_scale = _scaled_leaky_sum(x.to(torch.float32), L, G, chunk_size)
+    # ||kbar|| + eps = exp(log_scale) * (||h|| + eps * exp(-log_scale)).
+    eps_term = torch.exp((math.log(eps) - log_scale).clamp(max=_MAX_LOG_EPS_TERM)).unsqueeze(-1)
+    k = h / (torch.linalg.vector_norm(h, dim=-1, keepdim=True) + eps_term)
+    return k.to(x.dtype)
+
+
+def leaky_average_reference(
+    x: torch.Tensor,
+    log_decay: torch.Tensor,
+    log_gate: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """The spec of `leaky_average`: the full (T x T) weight matrix in float64, O(T^2).
+
+    Exact while the log weights stay inside float64's exp range (|log_gate| < ~700).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, H, T, D), got {tuple(x.shape)}")
+    B, H, T, D = x.shape
+    L = log_decay.to(torch.float64).expand(B, H, T)
+    G = (
+        torch.zeros((), dtype=torch.float64, device=x.device)
+        if log_gate is None
+        else log_gate.to(torch.float64)
+    )
+    G = G.expand(B, H, T)
+    S = L.cumsum(-1)
+    # log w[t, i] = G_i + S_t - S_i for i <= t: weight of x_i in kbar_t.
+    log_w = G.unsqueeze(-2) + S.unsqueeze(-1) - S.unsqueeze(-2)
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    w = torch.exp(log_w.masked_fill(~causal, float("-inf")))
+    kbar = w @ x.to(torch.float64)
+    k = kbar / (torch.linalg.vector_norm(kbar, dim=-1, keepdim=True) + eps)
+    return k.to(x.dtype)
