@@ -1,0 +1,1 @@
+"""Tests of the synthetic in-context learning tasks and their metrics."""
