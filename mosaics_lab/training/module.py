@@ -17,9 +17,13 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from mosaics_lab import constants as C
+from mosaics_lab.config.loader import recipe_to_dict
 from mosaics_lab.config.schema import Recipe
 from mosaics_lab.models import build_model
 from mosaics_lab.training.optim import build_optimizer
+
+
+RECIPE_KEY = "mosaics_lab_recipe"
 
 
 class NonFiniteError(RuntimeError):
@@ -122,6 +126,10 @@ class LanguageModelModule(L.LightningModule):
             f"{what} at step {step}: training stopped{where}. "
             "Lower train.lr, raise train.warmup_steps or set train.grad_clip, then resume or restart."
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint is self-describing: evaluation rebuilds the model without the run dir.
+        checkpoint[RECIPE_KEY] = recipe_to_dict(self.recipe)
 
     def configure_optimizers(self) -> dict:
         opt, sched = build_optimizer(self.model, self.recipe.train, self.total_steps)
