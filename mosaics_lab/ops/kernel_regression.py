@@ -7,11 +7,14 @@ Shapes: B batch, H heads, T time steps, D head dimension (Dv for values, normall
 Scale 1 (the bandwidth is inside q); logits in float32; rows with no visible pair are exactly 0
 with zero (finite) gradients.
 
-Every path first shifts time by min_lag: query t against key t - min_lag - j becomes query t'
-against key t' - j, j in [0, window], window = max_lag - min_lag (None = unbounded). After the
-shift the diagonal is always visible, so no kernel ever meets a fully masked row (the SDPA and
-FlexAttention conventions for those differ across versions and backends); the first min_lag
-rows, which see nothing, are concatenated as zeros.
+The plain path first shifts time by min_lag: query t against key t - min_lag - j becomes query
+t' against key t' - j, j in [0, window], window = max_lag - min_lag (None = unbounded). After the
+shift the diagonal is always visible, so SDPA never meets a fully masked row (its convention for
+those differs across versions); the first min_lag rows, which see nothing, are concatenated as
+zeros. The FlexAttention path keeps length T instead (min_lag is random per training step in the
+v2 long-term memory, and a new length would mean a new compiled kernel): rows that see nothing
+attend to themselves inside the kernel and are zeroed after it, again so that no kernel meets a
+fully masked row.
 
 Paths:
 - `kernel_regression_reference`: full (T x T) logits, boolean lag mask, masked softmax. The spec.
@@ -19,7 +22,9 @@ Paths:
   O(T) memory); finite window -> query blocks of `_QUERY_BLOCK` rows against the `_QUERY_BLOCK +
   window` keys they can see, with a banded mask, so time and memory are O(T * window).
 - `kernel_regression_flex`: FlexAttention with a mask_mod built from the lags and a block mask
-  that skips blocks outside the band; compiled and cached. `kernel_regression` uses it on CUDA.
+  that skips blocks outside the band; compiled once and cached. `kernel_regression` uses it on
+  CUDA. The lags enter the mask_mod as tensors, so changing them changes the block mask (cached
+  per (T, lags)) but does not recompile the kernel.
 
 Precision note, measured on CPU float32 with unit keys and q = beta * k against a float64 spec:
 forward errors stay ~1e-6 at every beta; the q and k gradients degrade with beta for every float32
@@ -45,8 +50,6 @@ __all__ = ["kernel_regression", "kernel_regression_flex", "kernel_regression_ref
 # per-matmul overhead.
 _QUERY_BLOCK = 64
 
-_Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "int | None"], torch.Tensor]
-
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -71,21 +74,6 @@ def _no_visible_pairs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return torch.zeros_like(v) + anchor.to(v.dtype)
 
 
-def _shift_by_min_lag(
-    core: _Core, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None
-) -> torch.Tensor:
-    B, H, T, Dv = v.shape
-    seen = T - min_lag  # number of queries (and of keys) left after the shift
-    if seen <= 0:
-        return _no_visible_pairs(q, k, v)
-    # A window that reaches back past position 0 is the plain causal problem.
-    window = None if max_lag is None or max_lag - min_lag >= seen - 1 else max_lag - min_lag
-    y = core(q[..., min_lag:, :], k[..., :seen, :], v[..., :seen, :], window)
-    if min_lag:
-        y = torch.cat([y.new_zeros(B, H, min_lag, Dv), y], dim=-2)
-    return y
-
-
 def _banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
     """Query t sees keys t - window .. t; O(T * window). q, k, v: float32 (B, H, T, D)."""
     B, H, T, D = q.shape
@@ -96,7 +84,8 @@ def _banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     tail = N * W - T
     q_blocks = F.pad(q, (0, 0, 0, tail)).view(B, H, N, W, D)
     # Left-pad the keys by `window` so that block n's span starts at padded position n * W:
-    # original keys n * W - window .. n * W + W - 1. unfold makes overlapping views, not copies.
+    # original keys n * W - window .. n * W + W - 1. unfold makes overlapping views; the matmuls
+    # copy them, O(T * D * S / W).
     k_spans = F.pad(k, (0, 0, window, tail)).unfold(2, S, W)  # (B, H, N, D, S)
     v_spans = F.pad(v, (0, 0, window, tail)).unfold(2, S, W).transpose(-1, -2)  # (B, H, N, S, Dv)
     r = torch.arange(W, device=q.device).unsqueeze(-1)  # query row in the block
@@ -109,14 +98,24 @@ def _banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     return y.reshape(B, H, N * W, Dv)[:, :, :T]
 
 
-def _plain_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+def _plain_kernel_regression(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None
+) -> torch.Tensor:
+    B, H, T, Dv = v.shape
     dtype = v.dtype
+    seen = T - min_lag  # number of queries (and of keys) left after the shift
+    if seen <= 0:
+        return _no_visible_pairs(q, k, v)
+    # A window that reaches back past position 0 is the plain causal problem.
+    window = None if max_lag is None or max_lag - min_lag >= seen - 1 else max_lag - min_lag
     # float32 logits whatever the input dtype: q . k can reach ~1e4..1e5 (q = beta * k).
-    q, k, v = q.float(), k.float(), v.float()
+    q, k, v = q[..., min_lag:, :].float(), k[..., :seen, :].float(), v[..., :seen, :].float()
     if window is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
     else:
         y = _banded_attention(q, k, v, window)
+    if min_lag:
+        y = torch.cat([y.new_zeros(B, H, min_lag, Dv), y], dim=-2)
     return y.to(dtype)
 
 
@@ -127,49 +126,68 @@ def kernel_regression(
 
     q, k: (B, H, T, D); v: (B, H, T, Dv). CUDA inputs go through compiled FlexAttention, others
     through the plain path (causal SDPA, or banded blocks for a finite window). No path allocates
-    a (T x T) buffer: memory kept for backward is O(T * D) unbounded and O(T * window) windowed.
+    a (T x T) buffer that lives into the backward: memory kept for backward is O(T * D) unbounded
+    and O(T * window) windowed.
     """
     _check(q, k, v, min_lag, max_lag)
     if q.is_cuda:
-        return _shift_by_min_lag(functools.partial(_flex_core, compiled=True), q, k, v, min_lag, max_lag)
-    return _shift_by_min_lag(_plain_core, q, k, v, min_lag, max_lag)
+        return _flex_kernel_regression(q, k, v, min_lag, max_lag, compiled=True)
+    return _plain_kernel_regression(q, k, v, min_lag, max_lag)
 
 
-def _band_mask_mod(window: int | None) -> Callable:
+def _lag_mask_mod(min_lag: torch.Tensor, max_lag: torch.Tensor | None) -> Callable:
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         lag = q_idx - kv_idx
-        if window is None:
-            return lag >= 0
-        return (lag >= 0) & (lag <= window)
+        visible = lag >= min_lag
+        if max_lag is not None:
+            visible = visible & (lag <= max_lag)
+        # Rows that see nothing (t < min_lag) attend to themselves; their output is zeroed after
+        # the kernel. No row of the kernel is empty, so its fully-masked-row convention never applies.
+        return visible | ((q_idx < min_lag) & (lag == 0))
 
     return mask_mod
 
 
-@functools.lru_cache(maxsize=64)
-def _band_block_mask(T: int, window: int | None, device: torch.device):
-    # Cached by (T, window, device): building a block mask costs a pass over the (T/128)^2 block
-    # grid, and a model calls this once per layer per step with the same arguments.
+@functools.lru_cache(maxsize=256)
+def _lag_block_mask(T: int, min_lag: int, max_lag: int | None, device: torch.device):
+    # Cached per (T, lags, device): create_block_mask evaluates the mask_mod on a transient (T x T)
+    # boolean grid once, then keeps only the (T/128)^2 block table. 256 entries cover every v2
+    # long-term delay in [64, 256] at one T.
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(_band_mask_mod(window), B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+    # Lags as tensors, not Python ints: a compiled kernel guards on the values of captured ints
+    # (one recompile per lag) but only on the shape and dtype of captured tensors.
+    mask_mod = _lag_mask_mod(
+        torch.tensor(min_lag, device=device),
+        None if max_lag is None else torch.tensor(max_lag, device=device),
+    )
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
 
 
 @functools.cache
 def _compiled_flex_attention() -> Callable:
-    # One compiled FlexAttention for the process: torch.compile caches kernels per shape and mask.
+    # One compiled FlexAttention for the process: torch.compile caches kernels per shape.
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_core(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, compiled: bool
+def _flex_kernel_regression(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None, compiled: bool
 ) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
-    block_mask = _band_block_mask(q.shape[-2], window, q.device)
+    T = q.shape[-2]
+    if min_lag >= T:
+        return _no_visible_pairs(q, k, v)
+    block_mask = _lag_block_mask(T, min_lag, max_lag, q.device)
     attend = _compiled_flex_attention() if compiled else flex_attention
-    return attend(q, k, v, block_mask=block_mask, scale=1.0)
+    y = attend(q, k, v, block_mask=block_mask, scale=1.0)
+    if min_lag:
+        sees_pairs = torch.arange(T, device=q.device) >= min_lag
+        # where, not a product: its backward sends exactly 0 into the self-attending rows.
+        y = torch.where(sees_pairs.unsqueeze(-1), y, 0.0)
+    return y
 
 
 def kernel_regression_flex(
@@ -188,7 +206,7 @@ def kernel_regression_flex(
     float32 inside the kernel; inputs and output keep their dtype.
     """
     _check(q, k, v, min_lag, max_lag)
-    return _shift_by_min_lag(functools.partial(_flex_core, compiled=compiled), q, k, v, min_lag, max_lag)
+    return _flex_kernel_regression(q, k, v, min_lag, max_lag, compiled)
 
 
 def kernel_regression_reference(
