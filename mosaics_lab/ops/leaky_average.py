@@ -101,6 +101,8 @@ def leaky_average(
     x: (B, H, T, D). log_decay: broadcastable to (B, H, T), values <= 0 (larger values are computed
     correctly too, but are not a decay). log_gate: broadcastable to (B, H, T), any real value, or
     None for a gate of 1. Computed in float32, returned in x's dtype, shape (B, H, T, D).
+    chunk_size: 32 was the fastest of 16/32/64/128 fwd + bwd on 2 CPU cores at T = 512..16k; the
+    result does not depend on it beyond rounding.
     """
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, H, T, D), got {tuple(x.shape)}")
