@@ -8,10 +8,12 @@ from __future__ import annotations
 from mosaics_lab.models.base import LanguageModel, ModelConfig
 from mosaics_lab.models.gpt2 import GPT2, GPT2Config
 from mosaics_lab.models.llama import Llama, LlamaConfig
+from mosaics_lab.models.mosaic_v2 import MosaicV2, MosaicV2Config
 
 MODEL_TABLE: dict[str, tuple[type[ModelConfig], type[LanguageModel]]] = {
     "gpt2": (GPT2Config, GPT2),
     "llama": (LlamaConfig, Llama),
+    "mosaic_v2": (MosaicV2Config, MosaicV2),
 }
 
 
