@@ -31,6 +31,7 @@ from mosaics_lab.data import LMDataModule, dataset_vocab_size
 from mosaics_lab.models import build_model
 from mosaics_lab.training.callbacks import AtomicCheckpointIO, JsonlLogger, PerfMonitor, RunLifecycle
 from mosaics_lab.training.module import LanguageModelModule
+from mosaics_lab.training.stopfile import StopFile
 from mosaics_lab.training.strategies import build_strategy, world_size
 
 # Keys that may differ between an interrupted run and its resumption.
@@ -171,6 +172,7 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
         ),
         RunLifecycle(run_dir, flatten(recipe_to_dict(recipe)), fresh_run=plan.resume_from is None),
         PerfMonitor(recipe.train.global_batch_size * recipe.model.block_size),
+        StopFile(run_dir),  # after RunLifecycle: a sweep's STOP request ends fit cleanly, status kept
         *extra_callbacks,
     ]
     if recipe.eval.batches > 0:
