@@ -56,12 +56,14 @@ class JsonlLogger(Logger):
         super().__init__()
         self.path = Path(run_dir) / C.METRICS_FILE
         if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
+            self._truncate_from(resume_step)
 
-    def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines the interrupted process logged after its last checkpoint, so curves
-        have no duplicate steps (TensorBoard gets the same via purge_step)."""
-        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    def _truncate_from(self, step: int) -> None:
+        """On resume from a checkpoint taken after `step` optimiser steps, drop the lines the interrupted
+        process logged from that step on, so curves have no duplicate steps (TensorBoard: purge_step)."""
+        kept = [
+            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step
+        ]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
 
     @property
@@ -109,8 +111,12 @@ class PerfMonitor(L.Callback):
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        peak = get_available_flops(pl_module.device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32)
-        self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window)
+        peak = get_available_flops(
+            pl_module.device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+        )
+        self._throughput = Throughput(
+            available_flops=peak, world_size=trainer.world_size, window_size=self.window
+        )
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -130,7 +136,9 @@ class PerfMonitor(L.Callback):
         )
         metrics = self._throughput.compute()
         if "device/items_per_sec" in metrics:
-            pl_module.log(C.PERF_TOKENS_PER_SEC, metrics["device/items_per_sec"] * trainer.world_size, on_step=True)
+            pl_module.log(
+                C.PERF_TOKENS_PER_SEC, metrics["device/items_per_sec"] * trainer.world_size, on_step=True
+            )
         if "device/mfu" in metrics:
             pl_module.log(C.PERF_MFU, metrics["device/mfu"], on_step=True)
         pl_module.log(C.MEM_PEAK_GIB, peak_memory_gib(pl_module.device), on_step=True)
@@ -168,7 +176,9 @@ class RunLifecycle(L.Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     # One hparams record per run; hp/* values are then updated as scalars.
-                    logger.log_hyperparams(self.hparams, {C.HP_VAL_LOSS: float("nan"), C.HP_TRAIN_LOSS: float("nan")})
+                    logger.log_hyperparams(
+                        self.hparams, {C.HP_VAL_LOSS: float("nan"), C.HP_TRAIN_LOSS: float("nan")}
+                    )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         loss = trainer.callback_metrics.get(C.TRAIN_LOSS)
@@ -186,7 +196,9 @@ class RunLifecycle(L.Callback):
             self.write_summary(trainer, status="completed")
 
     def write_summary(self, trainer: L.Trainer, status: str) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1
+        }
         summary = {
             "status": status,
             "global_step": trainer.global_step,
@@ -195,6 +207,8 @@ class RunLifecycle(L.Callback):
         }
         atomic_write_text(self.run_dir / C.SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if trainer.is_global_zero:
             self.write_summary(trainer, status=f"failed: {type(exception).__name__}: {exception}")

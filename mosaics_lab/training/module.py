@@ -22,7 +22,6 @@ from mosaics_lab.config.schema import Recipe
 from mosaics_lab.models import build_model
 from mosaics_lab.training.optim import build_optimizer
 
-
 RECIPE_KEY = "mosaics_lab_recipe"
 
 

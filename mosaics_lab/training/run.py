@@ -43,8 +43,8 @@ class RunDirError(ValueError):
 
 
 def identity(recipe_dict: dict[str, Any]) -> dict[str, Any]:
-    flat = flatten(recipe_dict)
-    return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES) and k != C.RUN_META_KEY}
+    flat = flatten({k: v for k, v in recipe_dict.items() if k != C.RUN_META_KEY})
+    return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES)}
 
 
 def run_id_for(recipe_dict: dict[str, Any]) -> str:
@@ -122,6 +122,10 @@ def plan_run(recipe: Recipe) -> RunPlan:
                 "Use another log.run_id (or log.run_dir), or delete that directory."
             )
     last = run_dir / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT
+    if _is_rank_zero():
+        # temp files of a process killed while writing a checkpoint: never complete, never read
+        for stale in (run_dir / C.CHECKPOINT_DIR).glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
     resume_step = None
     if last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
@@ -135,7 +139,7 @@ def plan_run(recipe: Recipe) -> RunPlan:
         record = dict(as_dict)
         record[C.RUN_META_KEY] = {
             "mosaics_lab": __version__,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
             "lightning": L.__version__,
             "git_sha": git_sha(),
             "params": n_params,
@@ -145,7 +149,9 @@ def plan_run(recipe: Recipe) -> RunPlan:
         tmp = recipe_path.with_name(f".{C.RECIPE_FILE}.tmp{os.getpid()}")
         tmp.write_text(yaml.safe_dump(record, sort_keys=False))
         os.replace(tmp, recipe_path)
-    return RunPlan(recipe, run_dir, last if resume_step is not None else None, resume_step, total_steps, n_params)
+    return RunPlan(
+        recipe, run_dir, last if resume_step is not None else None, resume_step, total_steps, n_params
+    )
 
 
 def resolve_precision(recipe: Recipe) -> str:
@@ -178,7 +184,12 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
     if recipe.eval.batches > 0:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=ckpt_dir, filename="best", monitor=C.VAL_LOSS, mode="min", save_top_k=1, save_last=False
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=C.VAL_LOSS,
+                mode="min",
+                save_top_k=1,
+                save_last=False,
             )
         )
     if recipe.log.progress_bar:
@@ -188,9 +199,13 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
             callbacks.append(RichProgressBar())
         except ImportError:
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, recipe.log.every_n_steps)))
-    purge = plan.resume_step + 1 if plan.resume_step is not None else None
+    # Lightning logs the k-th optimiser step (0-based) as step k, so a run resumed from a checkpoint
+    # taken after N steps logs again from step N: anything the interrupted process logged there goes.
+    purge = plan.resume_step
     loggers = [
-        TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge),
+        TensorBoardLogger(
+            save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge
+        ),
         JsonlLogger(run_dir, resume_step=plan.resume_step),
     ]
     return L.Trainer(
@@ -225,5 +240,7 @@ def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
         plan.recipe.data, plan.recipe.model.block_size, plan.recipe.train.micro_batch_size, plan.recipe.seed
     )
     trainer = build_trainer(plan, callbacks)
-    trainer.fit(module, datamodule=data, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    # Our own checkpoint (it holds RNG states and the recipe, which weights_only loading refuses).
+    ckpt_path = str(plan.resume_from) if plan.resume_from else None
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
     return plan.run_dir

@@ -1,0 +1,180 @@
+"""End-to-end training on CPU: run directory layout, exact resume, crash safety, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from mosaics_lab import constants as C
+from mosaics_lab.cli import EXIT_NONFINITE, EXIT_USER_ERROR, main
+from mosaics_lab.config import load_recipe
+from mosaics_lab.training import module as module_mod
+from mosaics_lab.training.module import NonFiniteError
+from mosaics_lab.training.run import RunDirError, train
+from tests.conftest import REPO, tiny_overrides
+
+TINY_RECIPES = sorted(
+    p for p in (REPO / "recipes").glob("*.yaml") if "tiny" in p.stem or p.stem == "quickstart"
+)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / C.METRICS_FILE).read_text().splitlines() if line]
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    return {row["step"]: row[C.TRAIN_LOSS] for row in read_metrics(run_dir) if C.TRAIN_LOSS in row}
+
+
+def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+@pytest.mark.parametrize("recipe", TINY_RECIPES, ids=lambda p: p.stem)
+def test_tiny_recipe_trains_two_steps_and_lays_out_its_run_dir(recipe, stories_dir, tmp_path):
+    run_dir = train(load_recipe(recipe, tiny_overrides(stories_dir, tmp_path / "run")))
+    saved = yaml.safe_load((run_dir / C.RECIPE_FILE).read_text())
+    assert saved["model"]["vocab_size"] == 257  # resolved from the data
+    assert saved[C.RUN_META_KEY]["params"] > 0 and saved[C.RUN_META_KEY]["torch"] == torch.__version__
+    assert (run_dir / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT).is_file()
+    assert list(run_dir.glob("events.out.tfevents*"))
+    summary = json.loads((run_dir / C.SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 2
+    rows = read_metrics(run_dir)
+    assert {C.TRAIN_LOSS, C.TRAIN_LR, C.TRAIN_GRAD_NORM} <= set().union(*rows)
+    assert any(C.VAL_LOSS in r for r in rows)
+
+
+class InterruptAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_reproduces_the_uninterrupted_losses_without_duplicate_steps(stories_dir, tmp_path):
+    overrides = tiny_overrides(stories_dir, tmp_path / "straight", steps=20)
+    overrides += ["log.checkpoint_every_n_steps=10", "model.dropout=0.1", "eval.every_n_steps=5"]
+    recipe = load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", overrides)
+    straight = losses_by_step(train(recipe))
+
+    interrupted = load_recipe(
+        REPO / "recipes" / "gpt2_tiny.yaml", [*overrides, f"log.run_dir={tmp_path / 'cut'}"]
+    )
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning re-raises or exits on interrupt
+        train(interrupted, callbacks=[InterruptAt(13)])
+    assert max(losses_by_step(tmp_path / "cut")) > 10  # it logged past its step-10 checkpoint
+    resumed = losses_by_step(train(interrupted))
+
+    # Lightning logs the k-th optimiser step (0-based) as step k: the resumed run redoes 10..19
+    assert sorted(resumed) == sorted(straight) == list(range(20))
+    for step in range(10, 20):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-6), step
+    steps = tensorboard_steps(tmp_path / "cut", C.TRAIN_LOSS)
+    assert sorted(set(steps)) == sorted(steps), "duplicate steps in the TensorBoard curve"
+
+
+def test_run_dir_of_another_recipe_is_refused_and_left_intact(stories_dir, tmp_path):
+    run = tmp_path / "run"
+    train(load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", tiny_overrides(stories_dir, run)))
+    before = (run / C.RECIPE_FILE).read_text()
+    other = load_recipe(
+        REPO / "recipes" / "gpt2_tiny.yaml", [*tiny_overrides(stories_dir, run), "model.n_layer=1"]
+    )
+    with pytest.raises(RunDirError, match="model.n_layer"):
+        train(other)
+    assert (run / C.RECIPE_FILE).read_text() == before
+
+
+def test_nonfinite_loss_stops_with_a_message_and_a_last_good_checkpoint(stories_dir, tmp_path, monkeypatch):
+    real = module_mod.lm_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] > 3 else loss
+
+    monkeypatch.setattr(module_mod, "lm_loss", poisoned)
+    recipe = load_recipe(
+        REPO / "recipes" / "gpt2_tiny.yaml",
+        [*tiny_overrides(stories_dir, tmp_path / "r", 10), "eval.batches=0"],
+    )
+    with pytest.raises(NonFiniteError, match="train/loss = nan at step 1"):
+        train(recipe)
+    state = torch.load(tmp_path / "r" / C.CHECKPOINT_DIR / C.LAST_GOOD_CHECKPOINT, weights_only=False)
+    assert state["global_step"] == 1  # 2 micro-batches per step: the 4th call is step 1
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+    assert json.loads((tmp_path / "r" / C.SUMMARY_FILE).read_text())["status"].startswith("failed")
+
+
+def test_cli_exit_codes_for_user_mistakes(stories_dir, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == EXIT_USER_ERROR
+    assert "recipe file not found" in capsys.readouterr().err
+    recipe = str(REPO / "recipes" / "gpt2_tiny.yaml")
+    assert main(["train", recipe, "train.lr=fast"]) == EXIT_USER_ERROR
+    assert (
+        main(["train", recipe, "data.path=" + str(tmp_path / "nodata"), "data.generate=null"])
+        == EXIT_USER_ERROR
+    )
+    assert "mosaics-lab prepare" in capsys.readouterr().err
+    assert not (tmp_path / "nodata").exists()
+    assert EXIT_NONFINITE != EXIT_USER_ERROR
+
+
+def test_print_config_shows_the_resolved_recipe(capsys):
+    assert main(["train", str(REPO / "recipes" / "llama_tiny.yaml"), "train.lr=0.5", "--print-config"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["train"]["lr"] == 0.5 and out["model"]["arch"] == "llama"
+
+
+def _ckpt_is_loadable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:
+        return False
+
+
+def test_sigkill_at_a_random_moment_resumes_from_the_last_complete_checkpoint(stories_dir, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "mosaics_lab.cli", "train", str(REPO / "recipes" / "gpt2_tiny.yaml")]
+    args += tiny_overrides(stories_dir, run, steps=40) + [
+        "log.checkpoint_every_n_steps=1",
+        "eval.every_n_steps=100",
+    ]
+    rng = random.Random(1234)
+    for attempt in range(2):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # wait until training is under way (checkpoints being written), then kill at a random moment
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((run / C.CHECKPOINT_DIR).glob("step-*.ckpt")):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for ckpt in (run / C.CHECKPOINT_DIR).glob("*.ckpt"):
+            assert _ckpt_is_loadable(ckpt), f"attempt {attempt}: {ckpt.name} is a half-written checkpoint"
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run / C.SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 40
+    assert not [p for p in (run / C.CHECKPOINT_DIR).iterdir() if ".tmp" in p.name]
+    assert os.path.getsize(run / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT) > 0
