@@ -34,6 +34,14 @@ test: $(STAMP) ## run the fast test suite (excludes slow tests)
 test-full: $(STAMP) ## run every test, slow and PostgreSQL ones included
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+test-postgres: $(STAMP) ## run the PostgreSQL sweep tests (starts a throwaway server; needs Debian's postgresql)
+	$(PY) -m pytest -q -m postgres $(PYTEST_ARGS)
+
+sweep-demo: $(STAMP) ## 4 trials of sweeps/lr_search.yaml, shortened for a CPU, then `compare` (runs/sweep_demo/)
+	$(VENV)/bin/mosaics-lab sweep sweeps/lr_search.yaml --study sweep_demo --n-trials 4 --jobs 2 \
+		model.n_layer=2 model.block_size=64 train.max_steps=60 eval.every_n_steps=20 eval.batches=2
+	$(VENV)/bin/mosaics-lab compare runs/sweep_demo --metric val/loss
+
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check mosaics_lab tests
 	$(VENV)/bin/ruff format --check mosaics_lab tests
@@ -51,4 +59,4 @@ bench: $(STAMP) ## CPU benchmarks: ops and training throughput, table + bench/*.
 clean: ## remove caches (keeps runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache lightning_logs
 
-.PHONY: help install train test test-full lint format tensorboard bench clean
+.PHONY: help install train test test-full lint format tensorboard bench clean test-postgres sweep-demo

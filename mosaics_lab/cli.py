@@ -17,6 +17,8 @@ from collections.abc import Sequence
 SUBCOMMANDS = (
     "mosaics_lab.training.cli",
     "mosaics_lab.data.prepare",
+    "mosaics_lab.sweeps.cli",
+    "mosaics_lab.analysis.compare",
 )
 
 EXIT_USER_ERROR = 2

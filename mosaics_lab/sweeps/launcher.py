@@ -1,0 +1,759 @@
+"""The sweep launcher: it owns the Optuna study; every trial is a ``mosaics-lab train`` subprocess.
+
+Each trial is a normal run of the base recipe with the trial's overrides in
+``<output_root>/<study>/trial-<n>/``, so DDP/FSDP trials work unchanged, GPU memory and compile caches
+never leak between trials, and TensorBoard and ``compare`` see trials exactly like single runs.
+
+How a trial is driven (one launcher thread per ``--jobs`` slot):
+- the launcher tails the run's ``metrics.jsonl`` and reports each new objective value with
+  ``trial.report(value, global_step)``; when ``trial.should_prune()`` says so it writes ``STOP`` in the
+  run dir (``training.stopfile``), the run ends cleanly at its next step, and the trial is PRUNED.
+  Optuna's Lightning callback reports once per epoch, which a step-budgeted run never finishes.
+- a run that exits non-zero (exception, user error: exit 2, NaN stop: exit 3, killed: OOM) is FAILED
+  with the tail of its output in the trial's user attributes; the sweep goes on.
+- Ctrl-C (or SIGTERM): running trials are asked to stop (STOP file, then SIGTERM after a grace
+  period, or at once on a second Ctrl-C); they are marked FAILED ("interrupted") and re-enqueued with
+  the same parameters, so re-running the command resumes the study where it stopped. Finished trials
+  are never run again.
+
+Why ask/tell and not ``Study.optimize``: a grid worker must stop when the queue of enqueued cells is
+empty, and ``optimize`` would then sample fresh trials. The launcher therefore pops waiting trials
+itself (the same storage calls as Optuna's private ``Study._pop_waiting_trial_id``: an atomic
+WAITING -> RUNNING transition, so each cell runs once whatever the number of workers) and records the
+RDB heartbeat itself, as ``optimize`` would.
+
+Storages and dead workers:
+- journal file (default, ``<out>/<study>/journal.log``): no heartbeats; a trial left RUNNING by a
+  launcher process that died on this host is found at the next start (the trial records its worker as
+  ``host:pid:start-time``), marked FAILED and re-enqueued. Trials of workers on other hosts are only
+  reported by ``--status``.
+- a SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``): heartbeats every
+  ``heartbeat_interval`` s; any live worker fails a trial whose worker has been silent for
+  ``grace_period`` s and ``RetryHeartbeatStaleTrialCallback`` re-enqueues it (up to ``max_retry``).
+  A launcher with nothing left to start waits while other workers' trials run, so it can take over a
+  trial whose worker dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from mosaics_lab import constants as C
+from mosaics_lab.sweeps.spec import CELL_ATTR, Sweep, SweepError, encode_choice, is_finite, suggest_values
+from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id, pid_alive
+
+JOURNAL_FILE = "journal.log"
+TRIAL_LOG = "train.log"  # the trial's stdout + stderr, in its run dir
+READY_ATTR = "mosaics_lab:cells_enqueued"  # study user attr: set once the creator enqueued every cell
+FINGERPRINT_ATTR = "mosaics_lab:sweep"  # study user attr: what the sweep varies (see Sweep.fingerprint)
+WORKER_ATTR = "worker"
+RUN_DIR_ATTR = "run_dir"
+ERROR_ATTR = "error"
+LOG_TAIL_ATTR = "log_tail"
+EXIT_ATTR = "exit_code"
+STATUS_ATTR = "status"
+POLL_S = 0.25
+STOP_GRACE_S = 120.0  # a trial asked to stop is terminated if still running after this
+TERM_GRACE_S = 15.0  # ... and killed this long after SIGTERM
+READY_WAIT_S = 120.0  # how long a joining launcher waits for the creator to enqueue the grid
+MAX_LAUNCHER_ERRORS = 3  # consecutive launcher-side errors after which a worker thread gives up
+EXIT_INTERRUPTED = 130
+STORAGE_ATTEMPTS = 4
+
+EXIT_MEANING = {2: "user error (exit 2)", 3: "stopped on a non-finite loss (exit 3)"}
+
+
+def default_train_command() -> list[str]:
+    return [sys.executable, "-m", "mosaics_lab.cli", "train"]
+
+
+# --- storage and study ----------------------------------------------------------------------------
+
+
+def make_storage(sweep: Sweep, out_dir: Path, url: str | None = None) -> BaseStorage:
+    """The study's storage: a journal file by default, or any SQLAlchemy URL (with heartbeats)."""
+    url = url or sweep.spec.storage
+    spec = sweep.spec
+    if not url or "://" not in url:
+        path = Path(url) if url else out_dir / JOURNAL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    url = with_installed_driver(url)
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}}  # SQLite: wait for the write lock instead of failing
+        if url.startswith("sqlite")
+        else {"pool_pre_ping": True}  # survive a database restart between trials
+    )
+    # Launchers started together on a fresh database race to create Optuna's tables; the loser sees
+    # a unique-constraint error. The tables exist by then, so trying again succeeds.
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=spec.heartbeat_interval,
+                grace_period=spec.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry),
+            )
+        except Exception as exc:  # sqlalchemy/driver errors come in many types
+            if attempt == STORAGE_ATTEMPTS - 1 or isinstance(exc, (ImportError, ValueError)):
+                raise SweepError(
+                    f"cannot open storage {storage_label(out_dir, url)}: {str(exc).splitlines()[0]}"
+                ) from exc
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` means psycopg (3) to SQLAlchemy >= 2.1, but the project's extra installs
+    psycopg2: name the driver that is installed when the URL names none."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if (
+        scheme == "postgresql"
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
+def storage_label(out_dir: Path, url: str | None) -> str:
+    """How tables and logs name the storage (a database URL without its password)."""
+    if not url:
+        return str(out_dir / JOURNAL_FILE)
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: RDBStorage will say so
+        return url
+
+
+def build_sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
+    s = sweep.spec.sampler
+    if s.type == "tpe":
+        # constant_liar: parallel workers see running trials as bad, so they do not all sample one spot
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, constant_liar=True)
+    # random, and grid (whose trials are all enqueued with fixed values: the sampler is never asked)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def build_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+    p = sweep.spec.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, p.warmup_steps),
+            max_resource=max(sweep.total_steps, max(1, p.warmup_steps) + 1),
+            reduction_factor=p.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(sweep: Sweep, storage: BaseStorage, create: bool = True) -> optuna.Study:
+    """Create the study (and enqueue the grid, exactly once) or join it, checking it is the same sweep.
+
+    Creating a study is atomic in every storage, so exactly one launcher creates it and that one
+    enqueues the grid cells, then marks the study ready; the others wait for the mark.
+    """
+    name, direction = sweep.study, sweep.spec.objective.direction
+    pruner = build_pruner(sweep)
+    if create:
+        try:
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=build_sampler(sweep, sweep.spec.sampler.seed),
+                pruner=pruner,
+                direction=direction,
+            )
+        except DuplicatedStudyError:
+            pass
+        else:
+            study.set_user_attr(FINGERPRINT_ATTR, sweep.fingerprint())
+            for cell in sweep.cells:
+                params = {k: encode_choice(v) for k, v in cell.values.items()}
+                study.enqueue_trial(params, user_attrs={CELL_ATTR: cell.index})
+            study.set_user_attr(READY_ATTR, len(sweep.cells))
+            return study
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as exc:
+        raise SweepError(
+            f"no study named {name!r} in this storage yet; run `mosaics-lab sweep` first"
+        ) from exc
+    # A joining (or resuming) launcher must not replay the creator's random draws: derive its seed
+    # from the study's progress and this process.
+    n_existing = len(existing.get_trials(deepcopy=False))
+    digest = hashlib.sha256(f"{sweep.spec.sampler.seed}:{n_existing}:{os.getpid()}".encode()).hexdigest()
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=build_sampler(sweep, int(digest[:8], 16)), pruner=pruner
+    )
+    if create:  # a launcher about to run trials; --status shows whatever is there
+        _check_same_sweep(study, sweep)
+    return study
+
+
+def _check_same_sweep(study: optuna.Study, sweep: Sweep) -> None:
+    deadline = time.monotonic() + READY_WAIT_S
+    while READY_ATTR not in study.user_attrs:
+        if time.monotonic() >= deadline:
+            raise SweepError(
+                f"study {sweep.study!r} exists but its grid was never fully enqueued (did its first launcher "
+                "die while creating it?); delete it (optuna delete-study --study-name NAME --storage URL, or "
+                "remove the journal file) or pass --study NEW_NAME"
+            )
+        time.sleep(0.5)
+    if study.direction.name.lower() != sweep.spec.objective.direction:
+        raise SweepError(
+            f"study {sweep.study!r} was created to {study.direction.name.lower()} its objective; the sweep "
+            f"file says {sweep.spec.objective.direction}. Use --study NEW_NAME for a new study."
+        )
+    recorded = study.user_attrs.get(FINGERPRINT_ATTR, {})
+    current = sweep.fingerprint()
+    differ = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+    if differ:
+        raise SweepError(
+            f"study {sweep.study!r} was created from a different sweep (it differs in: {', '.join(differ)}); "
+            "its finished trials would not be comparable. Restore the sweep file and overrides, or pass "
+            "--study NEW_NAME to start a new study."
+        )
+
+
+# --- workers and liveness -------------------------------------------------------------------------
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks (Linux), so a reused pid is not taken for the worker."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_id() -> str:
+    return f"{launcher_id()}:{_process_start(os.getpid())}"
+
+
+def worker_is_dead(worker: str) -> bool | None:
+    """True/False for a worker on this host; None when it ran elsewhere (cannot tell)."""
+    host, _, rest = worker.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if not pid_alive(int(pid)):
+        return True
+    return bool(start) and start != "0" and _process_start(int(pid)) not in (start, "0")
+
+
+def superseded_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Failed trials that were re-enqueued (their retry stands in for them)."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", []))  # set by RetryHeartbeatStaleTrialCallback
+    return out
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def _trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    # Optuna's storages address trials by id; neither Trial nor FrozenTrial exposes it publicly.
+    return trial._trial_id
+
+
+def _retry(study: optuna.Study, frozen: FrozenTrial, max_retry: int | None) -> bool:
+    """Re-enqueue ``frozen`` with its parameters (Optuna's own retry callback); False if out of retries."""
+    before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before
+
+
+def reap_dead_trials(study: optuna.Study, max_retry: int | None, log: Any = print) -> list[int]:
+    """Fail (and re-enqueue) trials whose worker is dead. RDB: Optuna's heartbeat check. Journal: the
+    trial's worker process on this host is gone. Returns the numbers of the trials failed here."""
+    storage = study._storage  # noqa: SLF001 - the storage holds the heartbeat machinery
+    if heartbeat_enabled(storage):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        gone = sorted(before - after)  # stale, or simply finished meanwhile: tell them apart
+        stale = [
+            t.number
+            for t in study.get_trials(deepcopy=False)
+            if t.number in gone and t.state == TrialState.FAIL
+        ]
+        for n in stale:
+            log(
+                f"trial {n}: its worker stopped sending heartbeats; marked FAILED and re-enqueued (max_retry)"
+            )
+        return stale
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(WORKER_ATTR)
+        if not worker or not worker_is_dead(worker):
+            continue
+        try:
+            storage.set_trial_user_attr(
+                _trial_id(t),
+                ERROR_ATTR,
+                f"its worker {worker} died while running it (found at launcher start)",
+            )
+            if not storage.set_trial_state_values(_trial_id(t), TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another launcher got there first
+        retried = _retry(study, storage.get_trial(_trial_id(t)), max_retry)
+        then = " and re-enqueued" if retried else ""
+        log(f"trial {t.number}: its worker {worker} died; marked FAILED{then}")
+        failed.append(t.number)
+    return failed
+
+
+# --- one trial ------------------------------------------------------------------------------------
+
+
+class MetricsTail:
+    """Reads the complete lines appended to a run's metrics.jsonl since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset:  # rewritten (a resumed run truncates it): read it again
+                    self.offset, self.partial = 0, b""
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()  # an incomplete last line waits for the next call
+        rows = []
+        for line in lines:
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return rows
+
+
+def objective_value(series: Sequence[tuple[int, float]], which: str, direction: str) -> float | None:
+    finite = [v for _, v in series if is_finite(v)]
+    if not finite:
+        return None
+    if which == "final":
+        return finite[-1]
+    return min(finite) if direction == "minimize" else max(finite)
+
+
+def error_from_log(path: Path, exit_code: int, max_lines: int = 20) -> tuple[str, str]:
+    """(one-line error, last lines of output) of a failed trial."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        text = ""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    tail = "\n".join(lines[-max_lines:])
+    ours = [ln for ln in lines if ln.startswith("mosaics-lab: ")]
+    message = ours[-1] if ours else (lines[-1] if lines else "no output")
+    if exit_code < 0:
+        sig = (
+            signal.Signals(-exit_code).name if -exit_code in signal.Signals._value2member_map_ else -exit_code
+        )
+        hint = " (out of memory?)" if exit_code == -signal.SIGKILL else ""
+        message = f"killed by {sig}{hint}; last output: {message}"
+    elif exit_code in EXIT_MEANING:
+        message = f"{EXIT_MEANING[exit_code]}: {message}"
+    else:
+        message = f"exit {exit_code}: {message}"
+    return message[:2000], tail[-4000:]
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / C.SUMMARY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _set_aside(run_dir: Path) -> Path | None:
+    """A trial number is new, so an existing non-empty dir is a leftover (e.g. of a deleted study):
+    move it aside rather than mix runs or resume from its checkpoint."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    k = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.old{k}")).exists():
+        k += 1
+    run_dir.rename(aside)
+    return aside
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Launcher:
+    """Runs trials of ``study`` with ``jobs`` parallel slots until the budget or the queue is spent."""
+
+    sweep: Sweep
+    study: optuna.Study
+    out_dir: Path
+    jobs: int = 1
+    n_trials: int | None = None
+    timeout: float | None = None
+    train_command: Sequence[str] = field(default_factory=default_train_command)
+    log: Any = print
+    interrupt: threading.Event = field(default_factory=threading.Event)  # Ctrl-C: stop running trials
+    kill: threading.Event = field(default_factory=threading.Event)  # second Ctrl-C: terminate them now
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.worker = worker_id()
+        self._lock = threading.Lock()
+        self._deadline = time.monotonic() + self.timeout if self.timeout else None
+        self._storage = self.study._storage  # noqa: SLF001 - heartbeats and the atomic pop need it
+        self._heartbeat = heartbeat_enabled(self._storage)
+        self._timed_out = False
+        self._waiting_announced = False
+
+    # -- the loop --
+
+    def run(self) -> int:
+        """Run the sweep; returns the exit code (0, or 130 when interrupted, 1 on launcher errors)."""
+        reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log)
+        threads = [
+            threading.Thread(target=self._worker, name=f"sweep-slot-{i}", daemon=True)
+            for i in range(self.jobs)
+        ]
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (a scheduler's preemption, `kill`) stops the sweep like Ctrl-C does.
+            previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                try:
+                    for t in threads:
+                        t.join(0.2)
+                except KeyboardInterrupt:
+                    if not self.interrupt.is_set():
+                        self.interrupt.set()
+                        self.log(
+                            "interrupted: asking running trials to stop; they are marked FAILED and "
+                            "re-enqueued, so re-running this command resumes the study. "
+                            "Ctrl-C again to kill them now."
+                        )
+                    else:
+                        self.kill.set()
+                        self.log("killing running trials")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self.interrupt.is_set():
+            return EXIT_INTERRUPTED
+        return 1 if self.errors else 0
+
+    def _worker(self) -> None:
+        consecutive_errors = 0
+        while not self.interrupt.is_set():
+            try:
+                trial = self._next_trial()
+            except Exception as exc:  # storage unreachable and the like: stop this slot, report it
+                self.errors.append(f"cannot get the next trial: {type(exc).__name__}: {exc}")
+                return
+            if trial is None:
+                return
+            try:
+                self.outcomes.append(self._run_trial(trial))
+                consecutive_errors = 0
+            except Exception as exc:  # a launcher-side error on one trial: record it and go on
+                consecutive_errors += 1
+                msg = f"launcher error: {type(exc).__name__}: {exc}"
+                self.errors.append(f"trial {trial.number}: {msg}")
+                self._finish_failed(trial, msg, tail="")
+                if consecutive_errors >= MAX_LAUNCHER_ERRORS:
+                    return
+
+    def _started_count(self) -> int:
+        trials = self.study.get_trials(deepcopy=False)
+        superseded = superseded_numbers(trials)
+        counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        return sum(1 for t in trials if t.state in counted and t.number not in superseded)
+
+    def _foreign_running(self) -> bool:
+        return any(
+            t.user_attrs.get(WORKER_ATTR) != self.worker
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        )
+
+    def _next_trial(self) -> optuna.Trial | None:
+        while True:
+            if self.interrupt.is_set():
+                return None
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                with self._lock:
+                    if not self._timed_out:
+                        self._timed_out = True
+                        self.log(f"timeout ({self.timeout:g} s) reached: starting no new trial")
+                return None
+            with self._lock:  # one slot at a time: the budget check and the pop/ask go together
+                reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log)
+                if self.n_trials is None or self._started_count() < self.n_trials:
+                    trial = self._pop_waiting()
+                    if trial is None and not self.sweep.is_grid:
+                        with warnings.catch_warnings():
+                            # Optuna advises optimize() with heartbeats; we send them ourselves (see top).
+                            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                            trial = self.study.ask()
+                    if trial is not None:
+                        self._claim(trial)
+                        return trial
+            # Nothing to start. With heartbeats, stay while other workers' trials run: if one of them
+            # dies, its trial is re-enqueued and this launcher takes it over.
+            if not (self._heartbeat and self._foreign_running()):
+                return None
+            if not self._waiting_announced:
+                self._waiting_announced = True
+                self.log(
+                    "nothing left to start; waiting while other workers' trials run, to take over any whose "
+                    "worker dies (Ctrl-C stops waiting)"
+                )
+            time.sleep(min(5.0, self.sweep.spec.heartbeat_interval / 2))
+
+    def _pop_waiting(self) -> optuna.Trial | None:
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        # Retries first: under a trial budget they stand in for trials that already counted.
+        waiting.sort(key=lambda t: ("failed_trial" not in t.system_attrs, t.number))
+        for t in waiting:
+            try:
+                if self._storage.set_trial_state_values(_trial_id(t), state=TrialState.RUNNING):
+                    return optuna.Trial(self.study, _trial_id(t))
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+    def _claim(self, trial: optuna.Trial) -> None:
+        if self._heartbeat:
+            self._storage.record_heartbeat(_trial_id(trial))
+        trial.set_user_attr(WORKER_ATTR, self.worker)
+        for key in (ERROR_ATTR, LOG_TAIL_ATTR, EXIT_ATTR, STATUS_ATTR):  # a retry inherits these
+            if key in trial.user_attrs:
+                trial.set_user_attr(key, None)
+
+    # -- one trial --
+
+    def _command(self, run_dir: Path, values: dict[str, Any]) -> list[str]:
+        overrides = self.sweep.trial_overrides(values)
+        if not any(o.startswith("log.progress_bar=") for o in overrides):
+            overrides.append("log.progress_bar=false")  # its output goes to a file
+        return [*self.train_command, str(self.sweep.base_recipe), *overrides, f"log.run_dir={run_dir}"]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[LAUNCHER_ENV] = launcher_id()
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.jobs > 1 and "OMP_NUM_THREADS" not in env:
+            # K trials share the CPU: without this each would start one thread per core.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        return env
+
+    def _run_trial(self, trial: optuna.Trial) -> TrialOutcome:
+        values = suggest_values(trial, self.sweep)
+        run_dir = self.out_dir / f"trial-{trial.number:04d}"
+        aside = _set_aside(run_dir)
+        if aside is not None:
+            self.log(
+                f"trial {trial.number}: {run_dir} already existed (not from this study); moved to {aside}"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+        shown = " ".join(f"{k}={v}" for k, v in values.items()) or "(base recipe)"
+        self.log(f"trial {trial.number}: started {shown} -> {run_dir}")
+        with open(run_dir / TRIAL_LOG, "wb") as out:
+            proc = subprocess.Popen(
+                self._command(run_dir, values),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it decides what the trial does
+            )
+            try:
+                code, series, stop_reason = self._watch(trial, proc, run_dir)
+            finally:
+                if proc.poll() is None:  # the launcher itself is failing: do not leave the run behind
+                    _terminate(proc)
+        return self._finish(trial, run_dir, code, series, stop_reason)
+
+    def _watch(
+        self, trial: optuna.Trial, proc: subprocess.Popen, run_dir: Path
+    ) -> tuple[int, list[tuple[int, float]], str | None]:
+        metric = self.sweep.spec.objective.metric
+        tail = MetricsTail(run_dir / C.METRICS_FILE)
+        series: list[tuple[int, float]] = []
+        reported: set[int] = set()
+        stop_reason: str | None = None
+        stop_at = term_at = next_beat = 0.0
+        while True:
+            code = proc.poll()
+            for row in tail.read():
+                if metric not in row or row.get("step") is None:
+                    continue
+                step, value = int(row["step"]), float(row[metric])
+                series.append((step, value))
+                if stop_reason is None and step not in reported and is_finite(value):
+                    reported.add(step)
+                    try:
+                        trial.report(value, step)
+                        if trial.should_prune():
+                            stop_reason = "pruned"
+                    except UpdateFinishedTrialError:
+                        # Another worker failed this trial (our heartbeat lapsed) and re-enqueued it.
+                        stop_reason = "superseded"
+                    if stop_reason is not None:
+                        self._request_stop(run_dir, stop_reason)
+                        stop_at = time.monotonic()
+            if code is not None:
+                return code, series, stop_reason
+            now = time.monotonic()
+            if stop_reason is None and self.interrupt.is_set():
+                stop_reason = "interrupted"
+                self._request_stop(run_dir, stop_reason)
+                stop_at = now
+            if (
+                stop_reason is not None
+                and not term_at
+                and (self.kill.is_set() or now - stop_at > STOP_GRACE_S)
+            ):
+                _signal_group(proc, signal.SIGTERM)
+                term_at = now
+            if term_at and now - term_at > TERM_GRACE_S:
+                _signal_group(proc, signal.SIGKILL)
+            if self._heartbeat and now >= next_beat:
+                self._storage.record_heartbeat(_trial_id(trial))
+                next_beat = now + self.sweep.spec.heartbeat_interval
+            time.sleep(POLL_S)
+
+    @staticmethod
+    def _request_stop(run_dir: Path, reason: str) -> None:
+        tmp = run_dir / f".{STOP_FILE}.tmp"
+        tmp.write_text(reason + "\n")
+        os.replace(tmp, run_dir / STOP_FILE)
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        run_dir: Path,
+        code: int,
+        series: list[tuple[int, float]],
+        stop_reason: str | None,
+    ) -> TrialOutcome:
+        summary = _read_summary(run_dir)
+        status = summary.get("status")
+        trial.set_user_attr(EXIT_ATTR, code)
+        trial.set_user_attr(STATUS_ATTR, status)
+        if "global_step" in summary:
+            trial.set_user_attr("global_step", summary["global_step"])
+        n = trial.number
+        if stop_reason == "superseded":
+            self.log(f"trial {n}: taken over by another worker (its heartbeat lapsed); left to the retry")
+            return TrialOutcome(n, TrialState.FAIL, error="superseded")
+        if stop_reason == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            step = series[-1][0] if series else "?"
+            self.log(f"trial {n}: PRUNED at step {step} (stopped at step {summary.get('global_step', '?')})")
+            return TrialOutcome(n, TrialState.PRUNED)
+        if code == 0 and status in (None, "completed"):
+            objective = self.sweep.spec.objective
+            value = objective_value(series, objective.value, objective.direction)
+            if value is None:
+                msg = (
+                    f"the run completed but never logged the objective {objective.metric!r} "
+                    "(is eval.batches > 0 and eval.every_n_steps <= the budget?)"
+                )
+                self._finish_failed(trial, msg, tail="")
+                return TrialOutcome(n, TrialState.FAIL, error=msg)
+            self.study.tell(trial, value, skip_if_finished=True)
+            self.log(f"trial {n}: COMPLETE {objective.metric}={value:.6g}")
+            return TrialOutcome(n, TrialState.COMPLETE, value=value)
+        if stop_reason == "interrupted":
+            msg = "interrupted by the user (Ctrl-C); re-enqueued"
+            frozen = self._finish_failed(trial, msg, tail="")
+            if frozen is not None:
+                _retry(self.study, frozen, max_retry=None)
+            self.log(f"trial {n}: interrupted; marked FAILED and re-enqueued")
+            return TrialOutcome(n, TrialState.FAIL, error=msg)
+        msg, tail = error_from_log(run_dir / TRIAL_LOG, code)
+        self._finish_failed(trial, msg, tail)
+        self.log(f"trial {n}: FAILED: {msg}")
+        return TrialOutcome(n, TrialState.FAIL, error=msg)
+
+    def _finish_failed(self, trial: optuna.Trial, message: str, tail: str) -> FrozenTrial | None:
+        try:
+            trial.set_user_attr(ERROR_ATTR, message)
+            if tail:
+                trial.set_user_attr(LOG_TAIL_ATTR, tail)
+            return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            return None
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)  # the run's whole group: Lightning's DDP workers included
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,566 @@
+"""Sweep files: the typed schema, loading, and validation against the base recipe.
+
+A sweep is data (zoology's ``launch.py``): a base recipe, what to optimise, how to sample, and which
+recipe keys vary. ``sweeps/<name>.yaml`` is merged onto ``SweepSpec`` in OmegaConf struct mode, like
+recipes, so a misspelled key is an error naming the key and its nearest valid spelling. Every key in
+``space``, ``grid``, ``when`` and ``overrides`` is then checked against the base recipe's schema by
+building the recipe with that value applied (``load_recipe(base, ["key=value", ...])``) for each
+choice and each range end, so a typo or an impossible value fails before any trial starts.
+
+Two ways to generate trials:
+- ``sampler.type: tpe | random``: Optuna samples ``space`` (``float``/``int`` ranges, ``categorical``
+  choices, ``when`` conditions) for ``n_trials`` trials.
+- ``sampler.type: grid`` (ablations): the ``grid`` list of override sets, crossed with the choices of
+  every ``categorical``/``int`` param in ``space`` (conditions respected), crossed with ``seeds``. Each
+  resulting cell is enqueued in the study exactly once when the study is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mosaics_lab import constants as C
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+PARAM_TYPES = ("float", "int", "categorical")
+DIRECTIONS = ("minimize", "maximize")
+OBJECTIVE_VALUES = ("final", "best")
+SEED_KEY = "seed"  # the recipe's top-level seed, the key `seeds:` sets
+CELL_ATTR = "cell"  # trial user attribute: index of the grid cell the trial runs
+
+
+class SweepError(ValueError):
+    """A sweep file (or sweep command) that cannot be used as written; the message says what to change."""
+
+
+@dataclass
+class ObjectiveSpec:
+    metric: str = C.VAL_LOSS  # a tag from constants.OBJECTIVE_METRICS, or eval/<task>/<metric>
+    direction: str = "minimize"  # minimize | maximize
+    value: str = "final"  # final: the last logged value; best: the best value over the run
+
+    def __post_init__(self) -> None:
+        if self.metric not in C.OBJECTIVE_METRICS and not self.metric.startswith("eval/"):
+            raise SweepError(
+                f"objective.metric {self.metric!r} is not a metric a run logs; use one of "
+                f"{', '.join(C.OBJECTIVE_METRICS)} or eval/<task>/<metric>"
+            )
+        _check_choice("objective.direction", self.direction, DIRECTIONS)
+        _check_choice("objective.value", self.value, OBJECTIVE_VALUES)
+
+
+@dataclass
+class SamplerSpec:
+    type: str = "tpe"  # tpe | random | grid
+    seed: int = 0
+    startup_trials: int = 10  # tpe: random trials before the model-based sampling starts
+
+    def __post_init__(self) -> None:
+        _check_choice("sampler.type", self.type, SAMPLERS)
+        if self.startup_trials < 0:
+            raise SweepError(f"sampler.startup_trials must be >= 0, got {self.startup_trials}")
+
+
+@dataclass
+class PrunerSpec:
+    type: str = "median"  # median | hyperband | none
+    warmup_steps: int = 0  # never prune before this global step (hyperband: its min_resource)
+    startup_trials: int = 2  # median: trials with values before pruning starts
+    reduction_factor: int = 3  # hyperband
+
+    def __post_init__(self) -> None:
+        _check_choice("pruner.type", self.type, PRUNERS)
+        if self.warmup_steps < 0 or self.startup_trials < 0:
+            raise SweepError("pruner.warmup_steps and pruner.startup_trials must be >= 0")
+        if self.reduction_factor < 2:
+            raise SweepError(f"pruner.reduction_factor must be >= 2, got {self.reduction_factor}")
+
+
+@dataclass
+class ParamSpec:
+    """One recipe key to vary. ``when`` maps recipe keys to a value (or a list of accepted values):
+    the param is only sampled for trials where every condition holds, e.g.
+    ``when: {model.stm_bandwidth: frozen_alpha}``."""
+
+    type: str = "float"  # float | int | categorical
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: Optional[list[Any]] = None
+    when: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepSpec:
+    study: Optional[str] = None  # study name; also the output folder <output_root>/<study>/
+    base_recipe: Optional[str] = None  # recipe every trial starts from (relative to the sweep file)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    space: dict[str, ParamSpec] = field(default_factory=dict)  # recipe key -> how to vary it
+    grid: list[dict[str, Any]] = field(default_factory=list)  # override sets (sampler grid)
+    seeds: list[int] = field(default_factory=list)  # crossed with the grid cells (sets `seed`)
+    overrides: dict[str, Any] = field(default_factory=dict)  # fixed recipe keys for every trial
+    n_trials: Optional[int] = None  # trials in the study (grid: default all cells)
+    storage: Optional[str] = None  # null: journal file <output_root>/<study>/journal.log; or a DB URL
+    timeout: Optional[float] = None  # seconds after which this launcher starts no new trial
+    output_root: str = "runs"
+    # RDB storages: a worker that stops heartbeating for grace_period seconds has its trial failed
+    # and re-enqueued (up to max_retry times) by any live worker.
+    heartbeat_interval: int = 60
+    grace_period: Optional[int] = None  # null: 2 x heartbeat_interval
+    max_retry: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise SweepError(f"n_trials must be >= 1, got {self.n_trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise SweepError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.heartbeat_interval < 1 or (self.grace_period is not None and self.grace_period < 1):
+            raise SweepError("heartbeat_interval and grace_period must be >= 1 second")
+        if self.max_retry < 0:
+            raise SweepError(f"max_retry must be >= 0, got {self.max_retry}")
+
+
+def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SweepError(f"{key}: unknown value {value!r}{hint} (choose from {', '.join(allowed)})")
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _schema() -> DictConfig:
+    schema = OmegaConf.structured(SweepSpec)
+    OmegaConf.set_struct(schema, True)
+    # Free-form mappings keyed by dotted recipe keys: the recipe schema validates those keys later.
+    for key in ("space", "overrides"):
+        OmegaConf.set_struct(schema._get_node(key), False)
+    return schema
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> SweepError:
+    key = str(getattr(exc, "full_key", "") or "?")
+    msg = str(exc).splitlines()[0]
+    if isinstance(exc, ConfigKeyError):
+        leaf = key.rsplit(".", 1)[-1]
+        if key.startswith("space."):
+            valid = [f.name for f in ParamSpec.__dataclass_fields__.values()]
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            return SweepError(
+                f"{source}: unknown key {leaf!r} in space param {key.rsplit('.', 1)[0][6:]!r}; {hint} "
+                "(space keys are dotted recipe keys, e.g. `train.lr: {type: float, low: 1e-4, high: 1e-2}`)"
+            )
+        valid = list(SweepSpec.__dataclass_fields__)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if parent:
+            node_type = {"objective": ObjectiveSpec, "sampler": SamplerSpec, "pruner": PrunerSpec}.get(parent)
+            valid = list(node_type.__dataclass_fields__) if node_type else valid
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
+        return SweepError(f"{source}: unknown sweep key {key!r}{hint} (valid here: {', '.join(valid)})")
+    if isinstance(exc, ValidationError):
+        return SweepError(f"{source}: wrong type for {key!r}: {msg}")
+    return SweepError(f"{source}: {key!r}: {msg}")
+
+
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    """Read and type-check a sweep file (no recipe validation yet: see ``resolve_sweep``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in many types
+        raise SweepError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, DictConfig):
+        raise SweepError(f"{path}: a sweep file must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        merged = OmegaConf.merge(_schema(), raw)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(path)) from exc
+    except TypeError as exc:  # e.g. a mapping where a list is expected
+        raise SweepError(f"{path}: {exc} (grid: is a list of mappings, space: a mapping)") from exc
+    try:
+        spec = OmegaConf.to_object(merged)
+    except SweepError as exc:
+        raise SweepError(f"{path}: {exc}") from exc
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
+        raise SweepError(f"{path}: {str(cause).splitlines()[0]}") from exc
+    assert isinstance(spec, SweepSpec)
+    for name in ("study", "base_recipe"):
+        if not getattr(spec, name):
+            raise SweepError(f"{path}: `{name}:` is required")
+    if "/" in spec.study or spec.study.startswith("."):
+        raise SweepError(f"{path}: study {spec.study!r} must be a plain name (it names a folder)")
+    return spec
+
+
+# --- values: recipe overrides and Optuna parameter values ------------------------------------------
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` as the ``train`` command line parses it back to exactly ``value``."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, (list, tuple)):
+        text = json.dumps(list(value))  # JSON is YAML flow syntax
+    elif isinstance(value, str):
+        text = value
+        parsed = OmegaConf.from_dotlist([f"x={text}"]).get("x") if text else None
+        if parsed != value:  # e.g. "1", "true", "null": quote so they stay strings
+            text = "'" + value.replace("'", "''") + "'"
+    else:
+        raise SweepError(
+            f"{key}: unsupported value {value!r} (use numbers, strings, booleans, null or lists)"
+        )
+    return f"{key}={text}"
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna categorical choices must be None/bool/int/float/str: lists travel as JSON text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    raise SweepError(f"unsupported choice {value!r}: use numbers, strings, booleans, null or lists")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: the fixed recipe values of a trial (grid keys, expanded space params, seed)."""
+
+    index: int
+    values: Mapping[str, Any]
+
+
+@dataclass
+class Sweep:
+    """A sweep file resolved against its base recipe and validated; what the launcher runs."""
+
+    spec: SweepSpec
+    path: Path
+    base_recipe: Path
+    overrides: dict[str, Any]  # the file's `overrides` then the command line's, for every trial
+    base_values: dict[str, Any]  # the flattened base recipe with `overrides` applied
+    cells: list[Cell]  # grid mode only
+    cell_choices: dict[str, list[Any]]  # grid mode: key -> encoded choices across all cells
+    total_steps: int  # the base recipe's optimiser steps (hyperband's max resource)
+    space_lists: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> JSON text -> list choice
+
+    @property
+    def study(self) -> str:
+        return self.spec.study  # type: ignore[return-value]
+
+    @property
+    def is_grid(self) -> bool:
+        return self.spec.sampler.type == "grid"
+
+    def output_dir(self, root: str | Path | None = None) -> Path:
+        return Path(root if root is not None else self.spec.output_root) / self.study
+
+    def trial_overrides(self, values: Mapping[str, Any]) -> list[str]:
+        """The ``key=value`` list a trial passes to ``train``: fixed overrides, then its own values."""
+        merged = {**self.overrides, **values}
+        return [format_override(k, v) for k, v in merged.items()]
+
+    def decode(self, key: str, value: Any) -> Any:
+        """Optuna's stored value of ``key`` -> the recipe value (lists come back from JSON text)."""
+        if isinstance(value, str) and key in self.space_lists:
+            return self.space_lists[key].get(value, value)
+        return value
+
+    def lookup(self, key: str, values: Mapping[str, Any]) -> Any:
+        """The value a trial will see for ``key``: its own params, the overrides, then the recipe."""
+        if key in values:
+            return values[key]
+        if key in self.overrides:
+            return self.overrides[key]
+        return self.base_values.get(key)
+
+    def condition_holds(self, when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+        for key, expected in when.items():
+            accepted = expected if isinstance(expected, list) else [expected]
+            if self.lookup(key, values) not in accepted:
+                return False
+        return True
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between the launchers of one study (recorded in the study)."""
+        return {
+            "objective": json.dumps(dataclasses.asdict(self.spec.objective), sort_keys=True),
+            "sampler": self.spec.sampler.type,
+            "space": json.dumps(
+                {k: dataclasses.asdict(p) for k, p in self.spec.space.items()}, sort_keys=True
+            ),
+            "cells": json.dumps([dict(c.values) for c in self.cells], sort_keys=True, default=str),
+            "overrides": json.dumps(self.overrides, sort_keys=True, default=str),
+        }
+
+
+# --- validation against the recipe ----------------------------------------------------------------
+
+
+def _recipe_checker(base: Path, sweep_path: Path) -> Callable[[str, Mapping[str, Any]], None]:
+    from mosaics_lab.config.loader import RecipeError, load_recipe
+
+    def check(where: str, values: Mapping[str, Any]) -> None:
+        try:
+            load_recipe(base, [format_override(k, v) for k, v in values.items()])
+        except (RecipeError, SweepError) as exc:
+            msg = str(exc)
+            for prefix in ("command line: ", f"{base}: "):
+                msg = msg.removeprefix(prefix)
+            raise SweepError(f"{sweep_path}: {where}: {msg}") from exc
+
+    return check
+
+
+def _range_values(key: str, p: ParamSpec) -> list[Any]:
+    """The values that stand for a param in validation: each choice, or both ends of the range."""
+    where = f"space.{key}"
+    _check_choice(f"{where}.type", p.type, PARAM_TYPES)
+    if p.type == "categorical":
+        if p.low is not None or p.high is not None or p.step is not None or p.log:
+            raise SweepError(f"{where}: a categorical param takes `choices:` only (no low/high/step/log)")
+        if not p.choices:
+            raise SweepError(f"{where}: `choices:` is empty; list at least one value")
+        for c in p.choices:
+            encode_choice(c)
+        if len({json.dumps(encode_choice(c)) for c in p.choices}) != len(p.choices):
+            raise SweepError(f"{where}: `choices:` lists a value twice")
+        return list(p.choices)
+    if p.choices is not None:
+        raise SweepError(f"{where}: `choices:` needs type: categorical")
+    if p.low is None or p.high is None:
+        raise SweepError(f"{where}: a {p.type} param needs both `low:` and `high:`")
+    if p.low > p.high:
+        raise SweepError(f"{where}: low ({p.low}) > high ({p.high})")
+    if p.log and p.low <= 0:
+        raise SweepError(f"{where}: log: true needs low > 0, got {p.low}")
+    if p.log and p.step is not None:
+        raise SweepError(f"{where}: log: true and step: cannot be combined (Optuna samples one or the other)")
+    if p.step is not None and p.step <= 0:
+        raise SweepError(f"{where}: step must be > 0, got {p.step}")
+    if p.type == "int":
+        for name in ("low", "high", "step"):
+            v = getattr(p, name)
+            if v is not None and not float(v).is_integer():
+                raise SweepError(f"{where}: an int param needs integer {name}, got {v}")
+        return [int(p.low), int(p.high)]
+    return [float(p.low), float(p.high)]
+
+
+def _expansion(key: str, p: ParamSpec) -> list[Any]:
+    """The values a grid sweep enumerates for a space param."""
+    if p.type == "categorical":
+        return list(p.choices or [])
+    if p.type == "int":
+        return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))  # type: ignore[arg-type]
+    raise SweepError(
+        f"space.{key}: sampler grid enumerates categorical and int params only; give `choices:` "
+        "or use sampler.type: tpe / random for a float range"
+    )
+
+
+def _build_cells(sweep: Sweep) -> list[Cell]:
+    spec = sweep.spec
+    rows: list[dict[str, Any]] = [dict(g) for g in spec.grid] or [{}]
+    for key, p in spec.space.items():
+        expanded: list[dict[str, Any]] = []
+        for row in rows:
+            if sweep.condition_holds(p.when, row):
+                expanded += [{**row, key: v} for v in _expansion(key, p)]
+            else:
+                expanded.append(row)
+        rows = expanded
+    if spec.seeds:
+        rows = [{**row, SEED_KEY: s} for row, s in itertools.product(rows, spec.seeds)]
+    # Every cell names every key (the recipe's value where a cell leaves it out), so the study's trials
+    # share one parameter set and Optuna's tables and plots compare like with like. Space params whose
+    # condition does not hold stay absent: they do not exist for that trial.
+    grid_keys = list(dict.fromkeys(k for g in spec.grid for k in g))
+    cells = []
+    for i, row in enumerate(rows):
+        full = {k: row.get(k, sweep.lookup(k, row)) for k in grid_keys}
+        full.update({k: v for k, v in row.items() if k not in full})
+        cells.append(Cell(i, full))
+    return cells
+
+
+def resolve_sweep(
+    path: str | Path,
+    extra_overrides: Sequence[str] = (),
+    spec: SweepSpec | None = None,
+    validate: bool = True,
+) -> Sweep:
+    """Load ``path`` and check every key and value it varies against the base recipe's schema."""
+    from mosaics_lab.config.loader import RecipeError, flatten, load_recipe, parse_overrides, recipe_to_dict
+
+    path = Path(path)
+    spec = spec or load_sweep_spec(path)
+    base = Path(spec.base_recipe)  # type: ignore[arg-type]
+    if not base.is_absolute():
+        base = Path(_relpath(path.parent / base))
+    if not base.is_file():
+        raise SweepError(f"{path}: base_recipe {spec.base_recipe!r} not found (looked for {base})")
+    try:
+        cli = OmegaConf.to_container(parse_overrides(list(extra_overrides)))
+    except RecipeError as exc:
+        raise SweepError(str(exc)) from exc
+    overrides = {**dict(spec.overrides), **flatten(cli)}  # type: ignore[arg-type]
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            raise SweepError(
+                f"{path}: overrides.{key}: give dotted keys (e.g. {key}.name: value), not a mapping"
+            )
+    check = _recipe_checker(base, path)
+    check("overrides", overrides)
+    try:
+        base_recipe = load_recipe(base, [format_override(k, v) for k, v in overrides.items()])
+    except RecipeError as exc:
+        raise SweepError(f"{path}: {exc}") from exc
+    base_values = flatten(recipe_to_dict(base_recipe))
+    sweep = Sweep(
+        spec=spec,
+        path=path,
+        base_recipe=base,
+        overrides=overrides,
+        base_values=base_values,
+        cells=[],
+        cell_choices={},
+        total_steps=base_recipe.train.total_steps(base_recipe.model.block_size),
+    )
+    _check_modes(sweep)
+    if spec.seeds and not sweep.is_grid:
+        sweep.overrides[SEED_KEY] = spec.seeds[0]
+    for key, p in spec.space.items():
+        lists = {encode_choice(c): c for c in p.choices or [] if isinstance(c, (list, tuple))}
+        if lists:
+            sweep.space_lists[key] = lists
+    if spec.objective.metric.startswith("val/") and base_recipe.eval.batches == 0:
+        raise SweepError(
+            f"{path}: objective.metric {spec.objective.metric!r} needs validation, but the base recipe "
+            "has eval.batches: 0; set eval.batches in `overrides:` or optimise train/loss"
+        )
+    if validate:
+        for key, p in spec.space.items():
+            cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in p.when.items()}
+            for value in _range_values(key, p):
+                check(f"space.{key}", {**overrides, **cond, key: value})
+            for k in p.when:
+                if k == key:
+                    raise SweepError(f"{path}: space.{key}.when: a param cannot be conditioned on itself")
+        for i, g in enumerate(spec.grid):
+            check(f"grid[{i}]", {**overrides, **g})
+        if spec.seeds:
+            check("seeds", {**overrides, SEED_KEY: spec.seeds[0]})
+    if sweep.is_grid:
+        sweep.cells = _build_cells(sweep)
+        choices: dict[str, list[Any]] = {}
+        for cell in sweep.cells:
+            for k, v in cell.values.items():
+                enc = encode_choice(v)
+                if enc not in choices.setdefault(k, []):
+                    choices[k].append(enc)
+        sweep.cell_choices = choices
+        if validate and (spec.space or spec.seeds):  # grid entries alone were checked above
+            for cell in sweep.cells:
+                check(f"grid cell {cell.index} {dict(cell.values)}", {**overrides, **cell.values})
+    return sweep
+
+
+def _check_modes(sweep: Sweep) -> None:
+    spec, path = sweep.spec, sweep.path
+    if not sweep.is_grid:
+        if spec.grid:
+            raise SweepError(
+                f"{path}: `grid:` lists fixed ablation cells and needs sampler.type: grid "
+                f"(sampler is {spec.sampler.type!r}); or move these keys into space as categorical params"
+            )
+        if len(spec.seeds) > 1:
+            raise SweepError(
+                f"{path}: `seeds:` with several seeds crosses grid cells and needs sampler.type: grid; "
+                "for tpe/random give one seed or set `seed` in overrides"
+            )
+        if not spec.space:
+            raise SweepError(f"{path}: sampler {spec.sampler.type!r} needs a `space:` to sample")
+    for key, p in spec.space.items():
+        if spec.grid and any(key in g for g in spec.grid):
+            raise SweepError(f"{path}: {key!r} is both in grid and in space; keep it in one of them")
+        order = list(spec.space)
+        for k in p.when:
+            if k in spec.space and order.index(k) > order.index(key):
+                raise SweepError(
+                    f"{path}: space.{key}.when refers to {k!r}, which must be listed before {key!r}"
+                )
+    if spec.seeds and (SEED_KEY in spec.space or any(SEED_KEY in g for g in spec.grid)):
+        raise SweepError(f"{path}: `seed` is set by `seeds:`; do not also vary it in space or grid")
+    for s in spec.seeds:
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise SweepError(f"{path}: seeds must be integers, got {s!r}")
+
+
+def _relpath(p: Path) -> str:
+    import os
+
+    try:
+        return os.path.relpath(p)
+    except ValueError:  # another drive (Windows)
+        return str(p)
+
+
+def suggest_values(trial: Any, sweep: Sweep) -> dict[str, Any]:
+    """Ask ``trial`` (an ``optuna.Trial``) for its recipe values.
+
+    Grid: the trial was enqueued with its cell index in the user attributes (a retried trial inherits
+    them); each cell value is also suggested so Optuna records it as a parameter, and the enqueued
+    (fixed) value comes back. Otherwise ``space`` is sampled; ``when`` conditions are checked against
+    the values chosen so far, then the overrides, then the base recipe.
+    """
+    values: dict[str, Any] = {}
+    if sweep.is_grid:
+        index = trial.user_attrs.get(CELL_ATTR)
+        if not isinstance(index, int) or not 0 <= index < len(sweep.cells):
+            raise SweepError(f"trial {trial.number} has no valid grid cell ({CELL_ATTR}={index!r})")
+        for key, value in sweep.cells[index].values.items():
+            trial.suggest_categorical(key, sweep.cell_choices[key])
+            values[key] = value
+        return values
+    for key, p in sweep.spec.space.items():
+        if not sweep.condition_holds(p.when, values):
+            continue
+        if p.type == "float":
+            step = None if p.step is None else float(p.step)
+            values[key] = trial.suggest_float(key, float(p.low), float(p.high), log=p.log, step=step)  # type: ignore[arg-type]
+        elif p.type == "int":
+            values[key] = trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)  # type: ignore[arg-type]
+        else:
+            enc = trial.suggest_categorical(key, [encode_choice(c) for c in p.choices or []])
+            values[key] = sweep.decode(key, enc)
+    return values
+
+
+def is_finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

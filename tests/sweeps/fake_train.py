@@ -1,0 +1,81 @@
+"""A stand-in for ``mosaics-lab train`` with the same contract, for fast tests of the launcher's
+machinery (budgets, exactly-once cells, failures, retries, interruption): it takes ``RECIPE key=value
+...``, writes ``metrics.jsonl`` lines and ``summary.json`` in ``log.run_dir``, honours ``STOP`` and
+stops when its launcher is gone, exactly like a real run, in milliseconds instead of seconds.
+
+Behaviour from real recipe keys (so the sweep validates against the real recipe):
+- val/loss(step) = 3 - 0.1 * step + 50 * train.lr * step  (a large lr "diverges");
+- train.max_steps steps (default 6), a value every eval.every_n_steps (default 2);
+- train.warmup_steps == 13: crashes with a traceback (a deliberately failing trial);
+- FAKE_STEP_S (env): seconds per step; FAKE_LEDGER (env): a file that gets one JSON line per start
+  and per end of every execution, to count how often each trial ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def ledger(event: str, **fields: object) -> None:
+    path = os.environ.get("FAKE_LEDGER")
+    if path:
+        with open(path, "a") as f:  # O_APPEND: whole small lines from concurrent writers
+            f.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
+
+
+def launcher_gone() -> bool:
+    host, _, pid = os.environ.get("MOSAICS_LAB_SWEEP_LAUNCHER", "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def main(argv: list[str]) -> int:
+    overrides = [a for a in argv[1:] if "=" in a]
+    cfg = OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
+    train, ev, log = cfg.get("train", {}), cfg.get("eval", {}), cfg.get("log", {})
+    run_dir = Path(log["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if not o.startswith("log.")}
+    ledger("start", run_dir=str(run_dir), params=params)
+    lr = float(train.get("lr", 1e-3))
+    steps, every = int(train.get("max_steps", 6)), int(ev.get("every_n_steps", 2))
+    if int(train.get("warmup_steps", 0)) == 13:
+        raise RuntimeError("deliberate crash for the test (train.warmup_steps=13)")
+    status = "completed"
+    step = 0
+    for step in range(1, steps + 1):
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0.02")))
+        if step % every == 0:
+            loss = 3.0 - 0.1 * step + 50 * lr * step
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(
+                    json.dumps({"step": step, "time": time.time(), "val/loss": loss, "train/loss": loss})
+                    + "\n"
+                )
+        stop = run_dir / "STOP"
+        if stop.exists():
+            status = stop.read_text().strip()
+            stop.unlink()
+            break
+        if launcher_gone():
+            status = "stopped: the sweep launcher exited"
+            break
+    (run_dir / "summary.json").write_text(json.dumps({"status": status, "global_step": step, "metrics": {}}))
+    ledger("end", run_dir=str(run_dir), params=params, status=status, step=step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
