@@ -50,6 +50,8 @@ def _note(t: FrozenTrial, retried_as: dict[int, int]) -> str:
     origin = t.system_attrs.get("failed_trial")
     if origin is not None:
         parts.append(f"retry of trial {origin}")
+    if t.state == TrialState.WAITING:
+        parts.append("queued")
     if t.state == TrialState.RUNNING:
         worker = t.user_attrs.get(WORKER_ATTR, "unknown worker")
         dead = worker_is_dead(worker) if worker != "unknown worker" else None
@@ -58,6 +60,11 @@ def _note(t: FrozenTrial, retried_as: dict[int, int]) -> str:
     if t.state == TrialState.FAIL and error:
         parts.append(str(error).splitlines()[0][:300])
     return "; ".join(parts)
+
+
+def _params(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters; for a queued trial, the values it was enqueued with."""
+    return t.params or t.system_attrs.get("fixed_params", {})
 
 
 def trial_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], list[str]]:
@@ -69,7 +76,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], list[str]]:
         history = t.system_attrs.get("retry_history", [])
         if history:
             retried_as[history[-1]] = t.number
-    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    params = list(dict.fromkeys(k for t in trials for k in _params(t)))
     rows = []
     for t in trials:
         value = t.value if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
@@ -80,7 +87,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], list[str]]:
             "step": t.user_attrs.get("global_step", t.last_step),
             "duration_s": _duration(t),
         }
-        row.update({k: t.params.get(k) for k in params})
+        row.update({k: _params(t).get(k) for k in params})
         row["run_dir"] = t.user_attrs.get(RUN_DIR_ATTR)
         row["note"] = _note(t, retried_as)
         rows.append(row)

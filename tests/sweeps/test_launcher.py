@@ -261,3 +261,43 @@ def test_status_lists_every_trial(tmp_path, ledger, capsys, jobs):
     status = capsys.readouterr().out
     assert "2 COMPLETE" in status
     assert status.count("trial-000") == 2 and "| train.lr |" in status
+
+
+def test_n_trials_caps_a_grid_and_a_rerun_runs_the_remaining_cells(tmp_path, ledger):
+    path = write_sweep(tmp_path, **GRID6)
+    out = tmp_path / "runs"
+    assert run_sweep(path, out, "--n-trials", "2") == 0
+    states = Counter(t.state for t in load_trials(out))
+    assert states == Counter({TrialState.COMPLETE: 2, TrialState.WAITING: 4})
+    assert run_sweep(path, out) == 0
+    assert all(t.state == TrialState.COMPLETE for t in load_trials(out))
+    assert set(starts(ledger).values()) == {1} and len(starts(ledger)) == 6
+
+
+def test_timeout_starts_no_new_trial_after_it(tmp_path, ledger, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_S", "0.1")  # each trial outlives the timeout
+    path = write_sweep(tmp_path, **{**GRID6, "timeout": 0.5, "overrides": {"train.max_steps": 10}})
+    out = tmp_path / "runs"
+    assert run_sweep(path, out, "--jobs", "2") == 0
+    trials = load_trials(out)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2, "the two slots' first trials finish"
+    assert sum(t.state == TrialState.WAITING for t in trials) == 4
+    assert "timeout (0.5 s) reached" in capsys.readouterr().out
+
+
+def test_hyperband_prunes_on_the_recipes_step_budget(tmp_path):
+    from mosaics_lab.sweeps.launcher import build_pruner
+    from mosaics_lab.sweeps.spec import resolve_sweep
+
+    sweep = resolve_sweep(
+        write_sweep(
+            tmp_path,
+            pruner={"type": "hyperband", "warmup_steps": 10, "reduction_factor": 3},
+            overrides={"train.max_steps": 90},
+            space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+            n_trials=3,
+        )
+    )
+    pruner = build_pruner(sweep)
+    assert type(pruner).__name__ == "HyperbandPruner"
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (10, 90, 3)
