@@ -66,6 +66,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sweep_cli(args: argparse.Namespace) -> int:
+    try:
+        return _run_sweep(args)
+    except KeyboardInterrupt:  # before the launcher took over Ctrl-C (loading, validating) or after it
+        print("mosaics-lab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
     import optuna
 
     from mosaics_lab.sweeps.launcher import (

@@ -397,13 +397,15 @@ def _build_cells(sweep: Sweep) -> list[Cell]:
         rows = expanded
     if spec.seeds:
         rows = [{**row, SEED_KEY: s} for row, s in itertools.product(rows, spec.seeds)]
-    # Every cell names every key (the recipe's value where a cell leaves it out), so the study's trials
-    # share one parameter set and Optuna's tables and plots compare like with like. Space params whose
-    # condition does not hold stay absent: they do not exist for that trial.
+    # Every cell names every grid key (the recipe's value where a cell leaves it out), so the study's
+    # trials share one parameter set and Optuna's tables and plots compare like with like. Keys the
+    # base recipe does not have (another architecture's) and space params whose condition does not
+    # hold stay absent: they do not exist for that trial.
     grid_keys = list(dict.fromkeys(k for g in spec.grid for k in g))
+    known = sweep.overrides.keys() | sweep.base_values.keys()
     cells = []
     for i, row in enumerate(rows):
-        full = {k: row.get(k, sweep.lookup(k, row)) for k in grid_keys}
+        full = {k: row[k] if k in row else sweep.lookup(k, row) for k in grid_keys if k in row or k in known}
         full.update({k: v for k, v in row.items() if k not in full})
         cells.append(Cell(i, full))
     return cells

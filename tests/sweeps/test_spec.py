@@ -185,3 +185,17 @@ def test_list_choices_are_encoded_for_optuna_and_decoded_for_the_recipe(tmp_path
     assert sweep.decode("train.lr", 0.001) == 0.001
     with pytest.raises(SweepError, match="unsupported"):
         format_override("x", {"a": 1})
+
+
+def test_grid_keys_of_another_architecture_are_not_filled_into_cells_without_them(tmp_path):
+    sweep = resolve_sweep(
+        write_sweep(
+            tmp_path,
+            sampler={"type": "grid"},
+            grid=[{"model.arch": "llama", "model.n_kv_head": 2}, {"model.arch": "gpt2"}],
+        )
+    )
+    llama, gpt2 = (dict(c.values) for c in sweep.cells)
+    assert llama == {"model.arch": "llama", "model.n_kv_head": 2}
+    assert gpt2 == {"model.arch": "gpt2"}  # gpt2 has no n_kv_head: nothing to fill in
+    load_recipe(BASE_RECIPE, sweep.trial_overrides(gpt2))  # and the trial's overrides load
