@@ -56,7 +56,10 @@ tensorboard: $(STAMP) ## serve runs/ on http://localhost:6006
 bench: $(STAMP) ## CPU benchmarks: ops and training throughput, table + bench/*.json
 	$(VENV)/bin/mosaics-lab bench all
 
+reproduce-icl: $(STAMP) ## train MM v1 / v2 / llama on MQAR + RegBench (CPU, <30 min), write reports/icl.md
+	$(PY) -m mosaics_lab.evaluation.reproduce
+
 clean: ## remove caches (keeps runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache lightning_logs
 
-.PHONY: help install train test test-full lint format tensorboard bench clean test-postgres sweep-demo
+.PHONY: help install train test test-full lint format tensorboard bench reproduce-icl clean test-postgres sweep-demo

@@ -1,0 +1,293 @@
+"""``evaluate(run_or_checkpoint, task)``: load a trained model, run one evaluator, and record the result
+in the run: ``<run>/eval/<task>.json``, ``<run>/eval/<task>.png`` and TensorBoard scalars.
+
+Tasks (``EVAL_TASKS``):
+- ``val``: loss and perplexity on the run's own validation split.
+- ``per_position``: per-position loss over validation windows of the training length, and the
+  in-context gain (``lm``).
+- ``extrapolation``: per-position loss at ``--lengths`` (default 1x,2x,4x,8x the training length)
+  on the run's validation split; needs a token-stream dataset (text, stories).
+- ``mqar``, ``regbench``, ``manyshot``, ``multidoc_qa``, ``induction``: the synthetic in-context tasks
+  (``icl``), on their test split.
+
+Task configuration: when the run was trained on the task (``data.generate`` names it), the task is
+built from the run's ``data.generate_args`` (the same config, scored on the test split, seeded with
+``data.seed``); otherwise from the task's own defaults (``mosaics_lab.data.tasks``). ``task_args``
+(CLI: ``--task-arg key=value``) override fields either way. The JSON records the config used and its
+source ("recipe" or "defaults").
+
+TensorBoard: ``eval/<task>/<metric>`` in the run directory. Swept metrics use the axis value as the
+step (tokens for lengths, shots, the position for per-position loss); headline scalars of an
+unswept task (and summaries such as the in-context gain) use the checkpoint's global step.
+Re-evaluating appends another event file; TensorBoard shows the latest value at each step.
+
+The JSON record (``RESULT_VERSION`` 1)::
+
+    {"version": 1, "task": "induction", "run_dir": "...", "checkpoint": ".../last.ckpt", "which": "last",
+     "global_step": 300, "recipe": "icl_induction_llama", "arch": "llama", "params": 99776, "device": "cpu",
+     "options": {"batches": 16, "batch_size": 16, "lengths": "1x,2x,4x,8x", "shots": null, "seed": 0,
+                 "task_args": {}},
+     "task_config_source": "recipe",                  # synthetic tasks: recipe | defaults (+task-args)
+     "metrics": {"accuracy_at_1x": 0.98, "accuracy_at_longest": 0.41},      # headline scalars
+     "axis": "length",                                # length | shots | position | null
+     "points": [{"length": 128, "label": "1x", "factor": 1, "chance": 0.067, "status": "ok",
+                 "num_examples": 256, "metrics": {"accuracy": 0.98}},
+                {"length": 1024, "label": "8x", ..., "status": "n/a", "reason": "<the model's error>",
+                 "metrics": {"accuracy": null}}],
+     "curves": {"<name>": [float | null, ...]},       # per-position losses, per-window val losses
+     "info": {"task_config": {...}, "num_examples": 256, "longest_length": 1024, ...},
+     "wall_time_s": 3.2, "created": "2026-...", "files": {"json": "...", "png": "..."}}
+
+Missing values (n/a points, NaN) are null: JSON has no NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mosaics_lab import constants as C
+from mosaics_lab.config.schema import Recipe
+from mosaics_lab.data.prepare import FORMAT_TOKENS, TASK_DEFAULTS
+from mosaics_lab.data.tasks import TASKS, get_task, nearest
+from mosaics_lab.evaluation import EVAL_TASKS, LM_TASKS
+from mosaics_lab.evaluation.common import EvalError, EvalResult, LengthSpec, parse_lengths, parse_shots
+from mosaics_lab.evaluation.icl import DEFAULT_LENGTHS, DEFAULT_SHOTS, TaskEvalOptions, evaluate_task
+from mosaics_lab.evaluation.lm import evaluate_extrapolation, evaluate_per_position, evaluate_val
+from mosaics_lab.evaluation.plots import plot_result
+
+EVAL_DIR = "eval"
+EVAL_PREFIX = "eval"
+CHECKPOINT_CHOICES = ("last", "best")
+RESULT_VERSION = 1
+
+
+def eval_tag(task: str, metric: str) -> str:
+    """The TensorBoard tag of an evaluation metric: ``eval/<task>/<metric>``."""
+    return f"{EVAL_PREFIX}/{task}/{metric}"
+
+
+def check_task_name(task: str) -> None:
+    if task not in EVAL_TASKS:
+        raise EvalError(
+            f"unknown --task {task!r}{nearest(task, EVAL_TASKS)}; valid tasks: {', '.join(EVAL_TASKS)}"
+        )
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """Everything ``evaluate`` takes besides the run and the task (the CLI's options)."""
+
+    lengths: str = DEFAULT_LENGTHS
+    shots: str = DEFAULT_SHOTS
+    batches: int = 16
+    batch_size: int = 16
+    which: str = "last"
+    device: str = "cpu"
+    seed: int | None = None  # None: the run's data.seed
+    task_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    out_dir: str | Path | None = None  # None: <run>/eval
+    tensorboard: bool = True
+
+
+# --- resolving the run ----------------------------------------------------------------------------------
+
+
+def _run_dir_of(path: Path, ckpt: Path) -> Path:
+    """The run directory of ``path`` (a run dir, or a checkpoint inside one); a loose checkpoint's folder."""
+    if path.is_dir():
+        return path
+    candidate = ckpt.parent.parent
+    if ckpt.parent.name == C.CHECKPOINT_DIR and (candidate / C.RECIPE_FILE).is_file():
+        return candidate
+    return ckpt.parent
+
+
+def _global_step(ckpt: Path) -> int:
+    # mmap: only the small "global_step" entry is read, not the weights again.
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise EvalError(f"--device {name!r} is not a torch device ({exc}); use cpu, cuda or cuda:0") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def task_from_recipe(recipe: Recipe, name: str, overrides: dict[str, Any]) -> tuple[Any, str]:
+    """The task config to evaluate: the run's own when it trained on ``name``, else the defaults."""
+    args: dict[str, Any] = {}
+    source = "defaults"
+    if recipe.data.generate == name:
+        args = {k: v for k, v in dict(recipe.data.generate_args).items() if k not in TASK_DEFAULTS}
+        source = "recipe"
+    if overrides:
+        args.update(overrides)
+        source += "+task-args"
+    try:
+        return get_task(name, **args), source
+    except (ValueError, TypeError) as exc:
+        raise EvalError(f"task {name!r} with {args}: {exc}") from exc
+
+
+# --- data for the language-modelling evaluators ------------------------------------------------------
+
+
+def _val_data(recipe: Recipe, block_size: int, batch_size: int) -> tuple[Iterable[dict], str, int | None]:
+    """The run's validation loader (windows of ``block_size`` tokens, or the task's examples), its
+    format, and the example length of an examples dataset."""
+    from mosaics_lab.data import LMDataModule
+
+    data = LMDataModule(recipe.data, block_size, batch_size, recipe.seed)
+    data.prepare_data()  # regenerates a synthetic dataset that is gone (deterministic in the recipe)
+    data.setup("validate")
+    seq_len = data.manifest.get("seq_len") if data.format != FORMAT_TOKENS else None
+    return data.val_dataloader(), data.format, seq_len
+
+
+def _evaluate_lm(
+    task: str, recipe: Recipe, model: torch.nn.Module, options: EvalOptions, lengths: Sequence[LengthSpec]
+) -> EvalResult:
+    block = recipe.model.block_size
+    batches, fmt, seq_len = _val_data(recipe, block, options.batch_size)
+    if task == "val":
+        return evaluate_val(model, batches, options.batches)
+    if task == "per_position":
+        return evaluate_per_position(model, batches, seq_len or block, options.batches)
+    if fmt != FORMAT_TOKENS:
+        raise EvalError(
+            f"extrapolation reads longer windows of a token stream, but this run trained on "
+            f"{recipe.data.generate!r} task examples of fixed length; use --task induction or "
+            "--task multidoc_qa with --lengths for task length sweeps"
+        )
+    return evaluate_extrapolation(
+        model,
+        lambda length: _val_data(recipe, length, options.batch_size)[0],
+        block,
+        lengths,
+        options.batches,
+    )
+
+
+# --- the entry point -----------------------------------------------------------------------------------
+
+
+def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) -> dict[str, Any]:
+    """Evaluate the run (or checkpoint) at ``path`` on ``task``; write JSON, PNG and TensorBoard;
+    return the JSON record (format: the module docstring)."""
+    from mosaics_lab.training.checkpoint import find_checkpoint, load_trained
+
+    options = options or EvalOptions()
+    check_task_name(task)  # user mistakes first, before any loading
+    if options.which not in CHECKPOINT_CHOICES:
+        raise EvalError(f"--which must be one of {', '.join(CHECKPOINT_CHOICES)}, got {options.which!r}")
+    lengths = parse_lengths(options.lengths)
+    shots = parse_shots(options.shots)
+    task_options = TaskEvalOptions(
+        batches=options.batches, batch_size=options.batch_size, lengths=lengths, shots=shots
+    )
+    if options.task_args and task in LM_TASKS:
+        raise EvalError(f"--task-arg is for the synthetic tasks ({', '.join(TASKS)}), not {task!r}")
+    device = _device(options.device)
+
+    path = Path(path)
+    ckpt = find_checkpoint(path, options.which)
+    recipe, model = load_trained(ckpt, map_location="cpu")
+    model = model.to(device).eval()
+    run_dir = _run_dir_of(path, ckpt)
+    step = _global_step(ckpt)
+
+    started = time.time()
+    record_task: dict[str, Any] = {}
+    if task in LM_TASKS:
+        result = _evaluate_lm(task, recipe, model, options, lengths)
+    else:
+        task_cfg, source = task_from_recipe(recipe, task, options.task_args)
+        task_options.seed = recipe.data.seed if options.seed is None else options.seed
+        result = evaluate_task(model, task_cfg, task_options)
+        record_task = {"task_config_source": source}
+    wall = time.time() - started
+
+    record = {
+        "version": RESULT_VERSION,
+        "task": task,
+        "run_dir": str(run_dir),
+        "checkpoint": str(ckpt),
+        "which": options.which,
+        "global_step": step,
+        "recipe": recipe.name,
+        "arch": recipe.model.arch,
+        "params": model.num_params() if hasattr(model, "num_params") else None,
+        "device": str(device),
+        "options": {
+            "batches": options.batches,
+            "batch_size": options.batch_size,
+            "lengths": options.lengths if result.axis == "length" else None,
+            "shots": options.shots if result.axis == "shots" else None,
+            "seed": task_options.seed if task not in LM_TASKS else None,
+            "task_args": options.task_args,
+        },
+        **record_task,
+        "metrics": result.metrics,
+        "axis": result.axis,
+        "points": result.points,
+        "curves": result.curves,
+        "info": result.info,
+        "wall_time_s": round(wall, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out_dir = Path(options.out_dir) if options.out_dir is not None else run_dir / EVAL_DIR
+    record["files"] = {"json": str(out_dir / f"{task}.json"), "png": str(out_dir / f"{task}.png")}
+    write_outputs(record, result, out_dir, run_dir if options.tensorboard else None)
+    return record
+
+
+def write_outputs(record: dict[str, Any], result: EvalResult, out_dir: Path, tb_dir: Path | None) -> None:
+    """``<out_dir>/<task>.json`` (atomically), ``<out_dir>/<task>.png``, and the TensorBoard scalars."""
+    task = record["task"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{task}.json"
+    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, json_path)
+    title = f"{record['recipe']} ({record['arch']}) step {record['global_step']}: {task}"
+    plot_result(result, task, title, out_dir / f"{task}.png")
+    if tb_dir is not None:
+        write_tensorboard(tb_dir, task, result, record["global_step"])
+
+
+def write_tensorboard(log_dir: Path, task: str, result: EvalResult, global_step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(log_dir))
+    try:
+        swept = set(result.point_metric_names())
+        for point in result.points:
+            if point["status"] != "ok":
+                continue
+            for name, value in point["metrics"].items():
+                if value is not None:
+                    writer.add_scalar(eval_tag(task, name), value, global_step=int(point[result.axis]))
+        for name, value in result.metrics.items():
+            if value is not None and name not in swept:
+                writer.add_scalar(eval_tag(task, name), value, global_step=global_step)
+    finally:
+        writer.close()
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy scalars / arrays inside task configs or metas
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
