@@ -19,7 +19,10 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def chain(tmp_path):
-    write(tmp_path / "common" / "a.yaml", "name: a\nmodel: {arch: llama, n_layer: 2, n_embd: 64}\ntrain: {max_steps: 5, lr: 0.1}\n")
+    write(
+        tmp_path / "common" / "a.yaml",
+        "name: a\nmodel: {arch: llama, n_layer: 2, n_embd: 64}\ntrain: {max_steps: 5, lr: 0.1}\n",
+    )
     write(tmp_path / "b.yaml", "base: common/a.yaml\nname: b\nmodel: {n_embd: 96}\ntrain: {lr: 0.2}\n")
     return tmp_path
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from mosaics_lab.models.base import ModelConfig
 
@@ -25,7 +25,7 @@ class DataConfig:
     # must exist, e.g. made by `mosaics-lab prepare text ...`).
     generate: Optional[str] = "stories"
     # Arguments of the generator (e.g. num_tokens for stories; seq_len, num_kv_pairs for mqar).
-    generate_args: Dict[str, Any] = field(default_factory=dict)
+    generate_args: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = "byte"  # tokenizer used when generating text: byte | bpe
     seed: int = 0  # generation seed (the same seed gives identical shards)
     num_workers: int = 0  # DataLoader workers

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import nn
 
 
@@ -34,9 +33,13 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.vocab_size is not None and self.vocab_size < 2:
-            raise ValueError(f"model.vocab_size must be >= 2 (or null for the tokenizer's), got {self.vocab_size}")
+            raise ValueError(
+                f"model.vocab_size must be >= 2 (or null for the tokenizer's), got {self.vocab_size}"
+            )
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 

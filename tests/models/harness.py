@@ -23,7 +23,9 @@ def assert_causal(model: LanguageModel, vocab_size: int, T: int, j: int, seed: i
     assert not torch.allclose(a[:, j:], b[:, j:]), "changing a token changed nothing at or after it"
 
 
-def assert_batch_invariant(model: LanguageModel, vocab_size: int, T: int, batch: int = 3, seed: int = 0) -> None:
+def assert_batch_invariant(
+    model: LanguageModel, vocab_size: int, T: int, batch: int = 3, seed: int = 0
+) -> None:
     """A batch gives the same logits as each sequence run alone."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, vocab_size, (batch, T), generator=g)
