@@ -74,6 +74,11 @@ class LanguageModel(nn.Module):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
+    @property
+    def max_context(self) -> int | None:
+        """Longest sequence the model accepts; None = any length (no positional table)."""
+        return None
+
     def diagnostics(self) -> dict[str, float]:
         """Scalars worth logging besides the loss (e.g. learned bandwidths). Empty by default."""
         return {}

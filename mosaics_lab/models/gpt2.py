@@ -96,6 +96,10 @@ class GPT2(LanguageModel):
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
 
+    @property
+    def max_context(self) -> int:
+        return self.config.block_size  # learned absolute positions stop here
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
         if T > self.config.block_size:
