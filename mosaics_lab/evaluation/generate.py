@@ -1,7 +1,8 @@
 """``mosaics-lab generate``: sample text from a trained run, with the tokenizer of its data.
 
 No KV cache: every step re-runs the model on the whole context, cropped to ``model.max_context``
-when the model has a positional limit (gpt2); a memory mosaic has none. Enough for looking at what a small model learnt.
+when the model has a positional limit (gpt2); a memory mosaic has none. Enough to look at what a
+small model learnt.
 
 Shape letters: B batch, T sequence length, V vocabulary.
 """
