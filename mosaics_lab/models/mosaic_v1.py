@@ -1,0 +1,304 @@
+"""Memory Mosaics v1 (Zhang, Nolte, Sadhukhan, Chen, Bottou, ICLR 2025): GPT-2's layout with
+self-attention replaced by a contextual memory and the MLP by a persistent memory.
+
+Every memory is kernel regression over (key, value) pairs with unit-norm keys and an explicit,
+learned sharpness; the query at position t is the key of position t itself (no W_q) and there is
+no positional encoding anywhere. Keys summarise the past (a leaky average), values peek one token
+into the future, so a query sees only the pairs strictly before it. See MODELS.md section 1.
+
+Shape letters: B batch, T sequence length, C channels (n_embd), H heads, D head size (C / H),
+P persistent banks, S pairs per bank, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosaics_lab.constants import memory_tag
+from mosaics_lab.models.base import (
+    LanguageModel,
+    ModelConfig,
+    init_linear_,
+    scaled_residual_init_,
+    swiglu_hidden,
+)
+from mosaics_lab.ops import kernel_regression, leaky_average
+
+PERSISTENT_KINDS = ("pmem", "mlp", "swiglu")
+
+# A GPT-2 block has 12 d^2 parameters; the contextual memory has 3 d^2 and the persistent memory
+# 2 d^2 (key extractor, c_proj) + 2 P S d (banks), so P S = 3.5 d matches it.
+PMEM_PAIRS_PER_CHANNEL = 3.5
+
+# Added to norms before dividing, as the key extractor's leaky_average does.
+_NORM_EPS = 1e-6
+
+
+@dataclass
+class MosaicV1Config(ModelConfig):
+    arch: str = "mosaic_v1"
+    persistent: str = "pmem"  # what replaces the MLP: pmem (persistent memory) | mlp (GELU) | swiglu
+    # Learned pairs per bank and head; None = auto: 3.5 d / pmem_count, which matches a GPT-2 block's
+    # 12 d^2 parameters (2688 for d 768). Only for persistent: pmem.
+    pmem_size: Optional[int] = None
+    pmem_count: int = 1  # P banks; the persistent memory averages their retrievals
+    key_scale_max: float = math.log(65535)  # c_max: key scale s = exp(min(10 phi, c_max))
+    # Dropout on the contextual memory's retrieval (per head, before c_proj). kernel_regression takes
+    # no dropout on its weights, so it acts on the output. None = model.dropout.
+    ic_dropout: Optional[float] = None
+    # Dropout on the embedding and on every residual branch (after c_proj). None = model.dropout.
+    hd_dropout: Optional[float] = None
+    bias: bool = False  # LayerNorm bias (and the MLP/SwiGLU biases for persistent: mlp)
+    tie_embeddings: bool = True
+    d_ff: Optional[int] = None  # hidden width for persistent: mlp (None = 4d) | swiglu (None = Llama's)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.persistent not in PERSISTENT_KINDS:
+            raise ValueError(f"model.persistent must be one of {PERSISTENT_KINDS}, got {self.persistent!r}")
+        if self.pmem_size is not None and self.pmem_size < 1:
+            raise ValueError(f"model.pmem_size must be >= 1 (or null for auto = 3.5 d), got {self.pmem_size}")
+        if self.pmem_size is not None and self.persistent != "pmem":
+            raise ValueError(
+                f"model.pmem_size is for persistent: pmem, but model.persistent is {self.persistent!r}; "
+                "set model.d_ff instead (or null)"
+            )
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ValueError(f"model.d_ff must be >= 1 (or null for the default width), got {self.d_ff}")
+        if self.d_ff is not None and self.persistent == "pmem":
+            raise ValueError(
+                "model.d_ff is for persistent: mlp|swiglu; for pmem set model.pmem_size (or null)"
+            )
+        if self.pmem_count < 1:
+            raise ValueError(f"model.pmem_count must be >= 1, got {self.pmem_count}")
+        if self.key_scale_max <= 0:
+            raise ValueError(f"model.key_scale_max must be > 0, got {self.key_scale_max}")
+        for name in ("ic_dropout", "hd_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1) (or null for model.dropout), got {value}")
+
+    @property
+    def MATCH_KNOB(self) -> str:  # what model.match_params_of adjusts (read by training.matching)
+        return "pmem_size" if self.persistent == "pmem" else "d_ff"
+
+    @property
+    def pairs(self) -> int:
+        if self.pmem_size is not None:
+            return self.pmem_size
+        return max(1, round(PMEM_PAIRS_PER_CHANNEL * self.n_embd / self.pmem_count))
+
+    @property
+    def ic_p(self) -> float:
+        return self.dropout if self.ic_dropout is None else self.ic_dropout
+
+    @property
+    def hd_p(self) -> float:
+        return self.dropout if self.hd_dropout is None else self.hd_dropout
+
+
+def _per_head(p: torch.Tensor) -> torch.Tensor:
+    """(H,) per-head scalar -> (1, H, 1, 1), to broadcast over (B, H, T, D). Scalars are stored 1-D so
+    that optim_groups leaves them out of weight decay."""
+    return p.view(1, -1, 1, 1)
+
+
+class KeyExtractor(nn.Module):
+    """k_t = s_h * normalise(leaky average of W_k x over the past, one constant decay per head)."""
+
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.key_scale_max = config.key_scale_max
+        self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        # log_decay = -10 |theta|: head 0 (theta 0.05, decay e^-0.5) remembers long, the last head
+        # (theta 0.5, decay e^-5) almost only the current token.
+        self.theta = nn.Parameter(torch.linspace(0.5, 5.0, config.n_head) / 10)
+        self.phi = nn.Parameter(torch.full((config.n_head,), 0.1))
+
+    def log_decay(self) -> torch.Tensor:
+        return -10 * self.theta.abs()  # (H,)
+
+    def scale(self) -> torch.Tensor:
+        """s_h (H,); the bandwidth of a memory whose query and keys both carry it is s_h^2."""
+        return torch.exp(torch.clamp(10 * self.phi, max=self.key_scale_max))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.c_k(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
+        k = leaky_average(k, self.log_decay().view(1, -1, 1))  # unit norm, (B, H, T, D)
+        return _per_head(self.scale()) * k
+
+
+class ValueExtractor(nn.Module):
+    """Peeking values: v_t = a_h * normalise(gamma_h W_v x_t + (1 - gamma_h) W_v x_{t+1}), which sees one
+    token into the future, hence min_lag 1 in the contextual memory."""
+
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.gamma = nn.Parameter(torch.rand(config.n_head))  # U(0, 1), left unconstrained in training
+        self.psi = nn.Parameter(torch.full((config.n_head,), -0.05))  # a_h = exp(10 psi) ~ 0.61 at init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        v = self.c_v(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
+        # vtilde_{t+1}, with vtilde_{T+1} = 0: shift time left by one and pad the end.
+        v_next = F.pad(v[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D)
+        gamma = _per_head(self.gamma)
+        v = gamma * v + (1 - gamma) * v_next
+        v = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + _NORM_EPS)
+        return _per_head(torch.exp(10 * self.psi)) * v
+
+
+class ContextualMemory(nn.Module):
+    """Replaces self-attention: kernel regression of each position's key against the (key, value)
+    pairs of the positions strictly before it (min_lag 1: value t peeks at token t + 1, so a query
+    at t may use it only from t + 1 on). The first position sees nothing and outputs exactly 0."""
+
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        self.key = KeyExtractor(config)
+        self.value = ValueExtractor(config)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.ic_dropout = nn.Dropout(config.ic_p)
+        self.resid_dropout = nn.Dropout(config.hd_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        k = self.key(x)  # (B, H, T, D), norm s_h
+        # Symmetric kernel: the query is the key, so q . k_i = s_h^2 cos(k_t, k_i), bandwidth s_h^2.
+        y = kernel_regression(k, k, self.value(x), min_lag=1)  # (B, H, T, D)
+        y = self.ic_dropout(y)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def bandwidths(self) -> torch.Tensor:
+        return self.key.scale() ** 2  # (H,)
+
+
+class PersistentMemory(nn.Module):
+    """Replaces the MLP: kernel regression against P banks of S learned (key, value) pairs per head,
+    the same at every position (no mask, no position)."""
+
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        H, D, P, S = config.n_head, config.head_size, config.pmem_count, config.pairs
+        self.key = KeyExtractor(config)
+        # Banks are 4-D, so optim_groups decays them like weight matrices.
+        self.bank_k = nn.Parameter(torch.randn(H, P, S, D) / math.sqrt(D))
+        self.bank_v = nn.Parameter(torch.randn(H, P, S, D) / math.sqrt(D))
+        self.psi = nn.Parameter(torch.full((H,), -0.05))  # output scale exp(10 psi), as the values'
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.resid_dropout = nn.Dropout(config.hd_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        H, P, S, D = self.bank_k.shape
+        # The stored keys carry no scale of their own, so the query carries the whole bandwidth s'^2.
+        q = _per_head(self.key.scale()) * self.key(x)  # (B, H, T, D), norm s'^2
+        # Every position queries the same pairs with no mask, so batch and time are one axis of
+        # B T queries (one large product instead of B small ones), and each bank is a separate
+        # softmax, i.e. a head of its own.
+        q = q.transpose(0, 1).reshape(H, 1, B * T, D)  # (B, H, T, D) -> (H, 1, BT, D)
+        q = q.expand(H, P, B * T, D).reshape(1, H * P, B * T, D)  # -> (1, HP, BT, D)
+        bank_k = self.bank_k.view(1, H * P, S, D)  # (H, P, S, D) -> (1, HP, S, D)
+        bank_v = self.bank_v.view(1, H * P, S, D)
+        # float32 logits whatever the autocast dtype: q . K reaches s'^2 |K| (up to ~1e9).
+        with torch.autocast(x.device.type, enabled=False):
+            z = F.scaled_dot_product_attention(q.float(), bank_k.float(), bank_v.float(), scale=1.0)
+        z = z.to(x.dtype).view(H, P, B, T, D).mean(1)  # (1, HP, BT, D) -> (H, B, T, D), mean over banks
+        z = torch.exp(10 * self.psi).view(H, 1, 1, 1) * z
+        z = z.permute(1, 2, 0, 3).reshape(B, T, C)  # (H, B, T, D) -> (B, T, H, D) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(z))
+
+    def bandwidths(self) -> torch.Tensor:
+        return self.key.scale() ** 2  # (H,)
+
+
+class MLP(nn.Module):
+    """persistent: mlp, GPT-2's GELU MLP (the authors report it works about as well as pmem)."""
+
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        hidden = config.d_ff if config.d_ff is not None else 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.hd_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class SwiGLU(nn.Module):
+    """persistent: swiglu, c_proj(SiLU(W_1 x) * W_3 x) without biases (the v2 persistent memory)."""
+
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        hidden = config.d_ff if config.d_ff is not None else swiglu_hidden(config.n_embd)
+        self.w1 = nn.Linear(config.n_embd, hidden, bias=False)
+        self.w3 = nn.Linear(config.n_embd, hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.hd_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
+
+
+PERSISTENT = {"pmem": PersistentMemory, "mlp": MLP, "swiglu": SwiGLU}
+
+
+class Block(nn.Module):
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.cmem = ContextualMemory(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.pmem = PERSISTENT[config.persistent](config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.cmem(self.ln_1(x))
+        return x + self.pmem(self.ln_2(x))
+
+
+class MosaicV1(LanguageModel):
+    def __init__(self, config: MosaicV1Config) -> None:
+        super().__init__()
+        assert config.vocab_size is not None, "vocab_size must be resolved before building"
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # no positional embedding
+        self.drop = nn.Dropout(config.hd_p)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Linear and Embedding weights only; per-head scalars and banks keep their own init.
+        self.apply(init_linear_)
+        scaled_residual_init_(self, config.n_layer)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.wte(idx))  # (B, T, C); any T: nothing here depends on block_size
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Per-head bandwidths beta_h of every layer's memories (contextual, and persistent if pmem)."""
+        out: dict[str, float] = {}
+        for layer, block in enumerate(self.blocks):
+            memories = [("cmem", block.cmem)]
+            if isinstance(block.pmem, PersistentMemory):
+                memories.append(("pmem", block.pmem))
+            for name, memory in memories:
+                for h, beta in enumerate(memory.bandwidths().tolist()):
+                    out[memory_tag(layer, name, f"beta/h{h}")] = beta
+        return out
