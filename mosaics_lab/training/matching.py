@@ -20,12 +20,17 @@ def count_params(cfg: ModelConfig) -> int:
         return build_model(cfg).num_params()
 
 
-def match_params(cfg: ModelConfig, other_recipe: str | Path) -> ModelConfig:
+def match_params(cfg: ModelConfig, other_recipe: str | Path, _seen: tuple[str, ...] = ()) -> ModelConfig:
     from mosaics_lab.config.loader import RecipeError, load_recipe
 
+    key = str(Path(other_recipe).resolve())
+    if key in _seen:
+        raise RecipeError(f"model.match_params_of cycle: {' -> '.join((*_seen, key))}")
     other = load_recipe(other_recipe).model
     if other.vocab_size is None:
         other = dataclasses.replace(other, vocab_size=cfg.vocab_size)
+    if other.match_params_of:  # the target is itself matched to a third recipe: resolve it first
+        other = match_params(other, other.match_params_of, (*_seen, key))
     target = count_params(other)
     knob = getattr(cfg, "MATCH_KNOB", None)
     if knob is None:
