@@ -64,6 +64,14 @@ def test_report_has_the_table_the_findings_and_its_plots(tmp_path):
         assert png in report and (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_report_only_rewrites_the_report_from_the_saved_results(tmp_path, capsys):
+    assert R.main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert "run without --report-only first" in capsys.readouterr().err
+    (tmp_path / R.RESULTS).write_text(json.dumps(fake_results(tmp_path)))
+    assert R.main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert "| regbench | mosaic_v2 | 100,000 |" in (tmp_path / R.REPORT).read_text()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
