@@ -102,7 +102,7 @@ class EvalOptions:
 
 def _run_dir_of(path: Path, ckpt: Path) -> Path:
     """The run directory of ``path`` (a run dir, or a checkpoint inside one); a loose checkpoint's folder."""
-    if path.is_dir():
+    if path.is_dir() and path != ckpt:  # (a sharded FSDP checkpoint is a directory too)
         return path
     candidate = ckpt.parent.parent
     if ckpt.parent.name == C.CHECKPOINT_DIR and (candidate / C.RECIPE_FILE).is_file():
@@ -111,6 +111,10 @@ def _run_dir_of(path: Path, ckpt: Path) -> Path:
 
 
 def _global_step(ckpt: Path) -> int:
+    if ckpt.is_dir():  # a sharded (FSDP) checkpoint keeps the step in Lightning's metadata file
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+        ckpt = ckpt / _METADATA_FILENAME
     # mmap: only the small "global_step" entry is read, not the weights again.
     return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
 
