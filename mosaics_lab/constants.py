@@ -27,3 +27,8 @@ RUN_META_KEY = "_run"  # section of a run's recipe.yaml with versions, git sha a
 def memory_tag(layer: int, memory: str, name: str) -> str:
     """`memory/<layer>/<stm|ltm|cmem|pmem>/<name>`: the mosaic's own diagnostics."""
     return f"memory/{layer}/{memory}/{name}"
+
+
+def eval_tag(task: str, metric: str) -> str:
+    """`eval/<task>/<metric>`: what `mosaics-lab eval` writes to a run's TensorBoard."""
+    return f"eval/{task}/{metric}"

@@ -64,14 +64,8 @@ from mosaics_lab.evaluation.lm import evaluate_extrapolation, evaluate_per_posit
 from mosaics_lab.evaluation.plots import plot_result
 
 EVAL_DIR = "eval"
-EVAL_PREFIX = "eval"
 CHECKPOINT_CHOICES = ("last", "best")
 RESULT_VERSION = 1
-
-
-def eval_tag(task: str, metric: str) -> str:
-    """The TensorBoard tag of an evaluation metric: ``eval/<task>/<metric>``."""
-    return f"{EVAL_PREFIX}/{task}/{metric}"
 
 
 def check_task_name(task: str) -> None:
@@ -282,10 +276,10 @@ def write_tensorboard(log_dir: Path, task: str, result: EvalResult, global_step:
                 continue
             for name, value in point["metrics"].items():
                 if value is not None:
-                    writer.add_scalar(eval_tag(task, name), value, global_step=int(point[result.axis]))
+                    writer.add_scalar(C.eval_tag(task, name), value, global_step=int(point[result.axis]))
         for name, value in result.metrics.items():
             if value is not None and name not in swept:
-                writer.add_scalar(eval_tag(task, name), value, global_step=global_step)
+                writer.add_scalar(C.eval_tag(task, name), value, global_step=global_step)
     finally:
         writer.close()
 
