@@ -20,6 +20,8 @@ SUBCOMMANDS = (
     "mosaics_lab.evaluation.cli",
     "mosaics_lab.sweeps.cli",
     "mosaics_lab.analysis.compare",
+    "mosaics_lab.training.consolidate",
+    "mosaics_lab.bench.cli",
 )
 
 EXIT_USER_ERROR = 2

@@ -3,7 +3,7 @@
 Shapes: B batch, H heads, T time steps, D head dimension; one (B, H, D) for every row, T varies.
 
 Each row times forward + backward (`y.sum().backward()`), best of `repeats` after one warm-up call,
-on whatever device and thread count torch is using.
+on `device` (CPU by default; CUDA is synchronised around each call) with torch's thread count.
 
 Memory ("peak_mib"): torch has no allocator statistics on CPU, so the figure is the bytes autograd
 keeps between forward and backward plus the output, measured with
@@ -56,6 +56,11 @@ def _saved_mib(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return out, sum(storages.values()) / _MIB
 
 
+def _sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
 def _measure(
     fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], repeats: int
 ) -> tuple[float, float]:
@@ -65,9 +70,11 @@ def _measure(
     for i in range(repeats + 1):  # the first call warms up caches and the allocator
         for t in leaves:
             t.grad = None
+        _sync(leaves[0])
         start = time.perf_counter()
         out, peak_mib = _saved_mib(fn) if i == 0 else (fn(), peak_mib)
         out.sum().backward()
+        _sync(leaves[0])
         if i:
             times.append((time.perf_counter() - start) * 1e3)
     return min(times), peak_mib
@@ -87,10 +94,15 @@ def _row(op: str, impl: str, T: int, ms: float | None, peak_mib: float | None, s
     }
 
 
-def _bench_leaky_average(T: int, repeats: int, gen: torch.Generator) -> list[dict]:
-    x = torch.randn(BATCH, HEADS, T, HEAD_DIM, generator=gen).requires_grad_(True)
-    log_decay = (-torch.rand(BATCH, HEADS, T, generator=gen)).requires_grad_(True)
-    log_gate = torch.randn(BATCH, HEADS, T, generator=gen).requires_grad_(True)
+def _leaf(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # Drawn on the CPU generator (the same numbers on every device), then moved.
+    return t.to(device).requires_grad_(True)
+
+
+def _bench_leaky_average(T: int, repeats: int, gen: torch.Generator, device: torch.device) -> list[dict]:
+    x = _leaf(torch.randn(BATCH, HEADS, T, HEAD_DIM, generator=gen), device)
+    log_decay = _leaf(-torch.rand(BATCH, HEADS, T, generator=gen), device)
+    log_gate = _leaf(torch.randn(BATCH, HEADS, T, generator=gen), device)
     leaves = (x, log_decay, log_gate)
     rows = []
     for impl, fn in (("fast", leaky_average), ("reference", leaky_average_reference)):
@@ -102,8 +114,8 @@ def _bench_leaky_average(T: int, repeats: int, gen: torch.Generator) -> list[dic
     return rows
 
 
-def _bench_kernel_regression(T: int, repeats: int, gen: torch.Generator) -> list[dict]:
-    q, k, v = (torch.randn(BATCH, HEADS, T, HEAD_DIM, generator=gen).requires_grad_(True) for _ in range(3))
+def _bench_kernel_regression(T: int, repeats: int, gen: torch.Generator, device: torch.device) -> list[dict]:
+    q, k, v = (_leaf(torch.randn(BATCH, HEADS, T, HEAD_DIM, generator=gen), device) for _ in range(3))
     leaves = (q, k, v)
     cases: list[tuple[str, str, Callable[[], torch.Tensor]]] = [
         ("kernel_regression_causal", "fast", lambda: kernel_regression(q, k, v, 1)),
@@ -135,20 +147,24 @@ def _bench_kernel_regression(T: int, repeats: int, gen: torch.Generator) -> list
 
 
 def bench_ops(
-    lengths: Sequence[int] = (512, 2048, 8192), repeats: int = 3, quick: bool = False
+    lengths: Sequence[int] = (512, 2048, 8192),
+    repeats: int = 3,
+    quick: bool = False,
+    device: torch.device | str = "cpu",
 ) -> list[dict]:
     """Rows {op, impl, T, B, H, D, ms_fwd_bwd, peak_mib, skipped} for every op, impl and T.
 
     quick: one repeat and lengths capped at 1024, for a smoke run in seconds.
     """
+    device = torch.device(device)
     if quick:
         lengths = sorted({min(T, 1024) for T in lengths})
         repeats = 1
     gen = torch.Generator().manual_seed(0)
     rows = []
     for T in lengths:
-        rows += _bench_leaky_average(T, repeats, gen)
-        rows += _bench_kernel_regression(T, repeats, gen)
+        rows += _bench_leaky_average(T, repeats, gen, device)
+        rows += _bench_kernel_regression(T, repeats, gen, device)
     return rows
 
 

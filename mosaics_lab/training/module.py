@@ -46,7 +46,16 @@ class LanguageModelModule(L.LightningModule):
     # ---- model transforms, applied from outside the model (torchtitan order) ----
     def configure_model(self) -> None:
         """Activation checkpointing, then per-block torch.compile, then FSDP2 `fully_shard` per block
-        and of the root (torchtitan's order). Idempotent: Lightning may call it more than once."""
+        and of the root (torchtitan's order). Idempotent: Lightning may call it more than once.
+
+        The order matters: checkpointing wraps the plain block so the compiled graph includes the
+        recomputation boundary; compiling before sharding keeps FSDP's all-gather / reduce-scatter
+        hooks outside the compiled region (they run around each compiled block, overlapping with it);
+        the root's `fully_shard` takes what no block holds (embeddings, final norm, LM head).
+        Parameters stay float32 under FSDP (no MixedPrecisionPolicy): Lightning's bf16 autocast casts
+        the matmuls, while the memories' per-head scalars (decays, bandwidths) keep full precision,
+        exactly as on one device.
+        """
         if self._compiled:
             return
         dist = self.recipe.dist

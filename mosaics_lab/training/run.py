@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -32,7 +34,12 @@ from mosaics_lab.models import build_model
 from mosaics_lab.training.callbacks import AtomicCheckpointIO, JsonlLogger, PerfMonitor, RunLifecycle
 from mosaics_lab.training.module import LanguageModelModule
 from mosaics_lab.training.stopfile import StopFile
-from mosaics_lab.training.strategies import build_strategy, world_size
+from mosaics_lab.training.strategies import (
+    build_strategy,
+    is_sharded_checkpoint,
+    recover_interrupted_saves,
+    world_size,
+)
 
 # Keys that may differ between an interrupted run and its resumption.
 RESUME_SAFE_PREFIXES = ("train.max_steps", "train.max_tokens", "log.", "eval.", "data.num_workers")
@@ -90,7 +97,15 @@ class RunPlan:
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    """Before the Trainer exists: is this the process that writes run files? The global rank comes from
+    torchrun (RANK), SLURM (SLURM_PROCID, only when srun started several tasks) or Lightning's own
+    launcher (LOCAL_RANK, with NODE_RANK on other nodes)."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("LOCAL_RANK", "0")) == 0 and int(env.get("NODE_RANK", "0")) == 0
 
 
 def resolve_recipe(recipe: Recipe) -> Recipe:
@@ -123,12 +138,19 @@ def plan_run(recipe: Recipe) -> RunPlan:
             )
     last = run_dir / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT
     if _is_rank_zero():
-        # temp files of a process killed while writing a checkpoint: never complete, never read
+        # temp files (or sharded temp dirs) of a process killed while writing a checkpoint: never
+        # complete, never read; a sharded swap cut between its two renames is finished first
+        recover_interrupted_saves(run_dir / C.CHECKPOINT_DIR)
         for stale in (run_dir / C.CHECKPOINT_DIR).glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
     resume_step = None
     if last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        # FSDP writes a sharded checkpoint directory; its step is in Lightning's meta.pt inside
+        meta = last / _METADATA_FILENAME if is_sharded_checkpoint(last) else last
+        ckpt = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
         resume_step = int(ckpt["global_step"])
         del ckpt
     with torch.device("meta"):
@@ -206,7 +228,8 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
         TensorBoardLogger(
             save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge
         ),
-        JsonlLogger(run_dir, resume_step=plan.resume_step),
+        # Only rank zero rewrites metrics.jsonl on resume (its log_metrics is rank-zero already).
+        JsonlLogger(run_dir, resume_step=plan.resume_step if _is_rank_zero() else None),
     ]
     return L.Trainer(
         accelerator=recipe.dist.accelerator,
