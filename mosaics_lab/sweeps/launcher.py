@@ -463,9 +463,13 @@ class Launcher:
     def run(self) -> int:
         """Run the sweep; returns the exit code (0, or 130 when interrupted, 1 on launcher errors)."""
         reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log)
+        # Each slot signals its own end. The main thread never waits in Thread.join(): a Ctrl-C landing
+        # inside join() can mark a live thread as stopped (CPython 3.11), and the launcher would then
+        # return while a trial still runs, leaving it RUNNING in the study. Ctrl-C interrupts a sleep.
+        done = [threading.Event() for _ in range(self.jobs)]
         threads = [
-            threading.Thread(target=self._worker, name=f"sweep-slot-{i}", daemon=True)
-            for i in range(self.jobs)
+            threading.Thread(target=self._slot, args=(d,), name=f"sweep-slot-{i}", daemon=True)
+            for i, d in enumerate(done)
         ]
         previous = None
         if threading.current_thread() is threading.main_thread():
@@ -474,10 +478,9 @@ class Launcher:
         try:
             for t in threads:
                 t.start()
-            while any(t.is_alive() for t in threads):
+            while not all(d.is_set() for d in done):
                 try:
-                    for t in threads:
-                        t.join(0.2)
+                    time.sleep(0.2)
                 except KeyboardInterrupt:
                     if not self.interrupt.is_set():
                         self.interrupt.set()
@@ -495,6 +498,12 @@ class Launcher:
         if self.interrupt.is_set():
             return EXIT_INTERRUPTED
         return 1 if self.errors else 0
+
+    def _slot(self, done: threading.Event) -> None:
+        try:
+            self._worker()
+        finally:
+            done.set()
 
     def _worker(self) -> None:
         consecutive_errors = 0
