@@ -17,6 +17,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = (
     "mosaics_lab.training.cli",
     "mosaics_lab.data.prepare",
+    "mosaics_lab.evaluation.generate",
     "mosaics_lab.evaluation.cli",
     "mosaics_lab.sweeps.cli",
     "mosaics_lab.analysis.compare",
