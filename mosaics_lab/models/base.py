@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import nn
 
 
@@ -82,6 +83,12 @@ class LanguageModel(nn.Module):
     def diagnostics(self) -> dict[str, float]:
         """Scalars worth logging besides the loss (e.g. learned bandwidths). Empty by default."""
         return {}
+
+
+def gathered(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank: under FSDP2 parameters (and what is computed from them) are
+    sharded DTensors, and diagnostics need every head. A collective: every rank must call it."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def init_linear_(module: nn.Module, std: float = 0.02) -> None:

@@ -24,6 +24,7 @@ from mosaics_lab.constants import memory_tag
 from mosaics_lab.models.base import (
     LanguageModel,
     ModelConfig,
+    gathered,
     init_linear_,
     scaled_residual_init_,
     swiglu_hidden,
@@ -299,6 +300,6 @@ class MosaicV1(LanguageModel):
             if isinstance(block.pmem, PersistentMemory):
                 memories.append(("pmem", block.pmem))
             for name, memory in memories:
-                for h, beta in enumerate(memory.bandwidths().tolist()):
+                for h, beta in enumerate(gathered(memory.bandwidths()).tolist()):
                     out[memory_tag(layer, name, f"beta/h{h}")] = beta
         return out

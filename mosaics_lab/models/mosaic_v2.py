@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mosaics_lab.constants import memory_tag
-from mosaics_lab.models.base import LanguageModel, ModelConfig, swiglu_hidden
+from mosaics_lab.models.base import LanguageModel, ModelConfig, gathered, swiglu_hidden
 from mosaics_lab.ops import kernel_regression, leaky_average
 
 MEMORIES = ("stm+ltm", "stm_only", "ltm_only")
@@ -173,11 +173,6 @@ def pairs_held(T: int, min_lag: int, max_lag: Optional[int], device: torch.devic
     return n
 
 
-def _gathered(t: torch.Tensor) -> torch.Tensor:
-    # Under FSDP2 parameters are sharded DTensors; diagnostics need every head on every rank.
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
 class AdaptiveBandwidth(nn.Module):
     """beta(n) = beta1 * n^alpha + beta0 per head: the kernel sharpens as the memory fills up.
 
@@ -219,7 +214,7 @@ class AdaptiveBandwidth(nn.Module):
 
     def diagnostics(self, prefix: str, n_ref: int, per_head: bool) -> dict[str, float]:
         with torch.no_grad():
-            beta0, beta1, alpha = (_gathered(x).float() for x in (self.beta0(), self.beta1(), self.alpha()))
+            beta0, beta1, alpha = (gathered(x).float() for x in (self.beta0(), self.beta1(), self.alpha()))
             values = {"beta": beta1 * n_ref**alpha + beta0, "beta0": beta0, "beta1": beta1, "alpha": alpha}
             out = {f"{prefix}{name}": float(v.mean()) for name, v in values.items()}
             if per_head:
@@ -246,7 +241,7 @@ class FixedBandwidth(nn.Module):
 
     def diagnostics(self, prefix: str, n_ref: int, per_head: bool) -> dict[str, float]:
         with torch.no_grad():
-            beta = _gathered(self.per_head()).float()
+            beta = gathered(self.per_head()).float()
             out = {f"{prefix}beta": float(beta.mean())}
             if per_head:
                 out.update({f"{prefix}beta/h{h}": x for h, x in enumerate(beta.tolist())})

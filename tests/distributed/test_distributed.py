@@ -168,19 +168,12 @@ def test_gpt2_ddp_and_fsdp_match_one_process_and_fsdp_resumes_from_shards(four_s
     assert_sharded_checkpoint_resumes_exactly("gpt2_tiny", fsdp, data, tmp_path)
 
 
-_V1_FSDP = pytest.mark.xfail(
-    reason="mosaic_v1.diagnostics() calls .tolist() on bandwidths that FSDP2 shards (DTensor); "
-    "gathering them with .full_tensor() as mosaic_v2 does fixes it",
-    strict=False,
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model, strategy",
     [
         ("mosaic_v1_tiny", "ddp"),
-        pytest.param("mosaic_v1_tiny", "fsdp", marks=_V1_FSDP),
+        ("mosaic_v1_tiny", "fsdp"),
         ("mosaic_v2_tiny", "ddp"),
         ("mosaic_v2_tiny", "fsdp"),
     ],
