@@ -4,9 +4,11 @@ sharded-checkpoint swap; no processes are spawned here."""
 from __future__ import annotations
 
 import pytest
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from mosaics_lab.config.schema import DistConfig
+from mosaics_lab.training.checkpoint import load_sharded_weights
 from mosaics_lab.training.run import _is_rank_zero
 from mosaics_lab.training.strategies import (
     AtomicModelParallelStrategy,
@@ -74,3 +76,32 @@ def test_a_parked_copy_next_to_its_checkpoint_is_dropped(tmp_path):
     recover_interrupted_saves(tmp_path)
     assert (tmp_path / "last.ckpt" / "meta.pt").read_text() == "new"
     assert not (tmp_path / ".last.ckpt.old-sharded").exists()
+
+
+def _checkpoint(step: int) -> dict:
+    return {"state_dict": {"w": torch.full((4,), float(step))}, "global_step": step}
+
+
+def test_a_sharded_save_replaces_the_checkpoint_whole_and_a_failed_one_leaves_it(tmp_path, monkeypatch):
+    # One process and no process group: broadcast and barrier are no-ops, DCP writes one shard.
+    from lightning.pytorch.strategies import model_parallel
+
+    strategy = AtomicModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
+    last = tmp_path / "last.ckpt"
+    strategy.save_checkpoint(_checkpoint(1), last)
+    strategy.save_checkpoint(_checkpoint(2), last)
+    assert is_sharded_checkpoint(last) and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == 2
+
+    def killed_half_way(state, path):
+        (path / "__0_0.distcp").write_bytes(b"half a shard")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_parallel, "_distributed_checkpoint_save", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        strategy.save_checkpoint(_checkpoint(3), last)
+    # Lightning's own strategy would have written the half shard into last.ckpt itself.
+    saved = load_sharded_weights(last)
+    assert saved["global_step"] == 2 and torch.equal(saved["state_dict"]["w"], torch.full((4,), 2.0))
+    recover_interrupted_saves(tmp_path)  # what plan_run does before a resume; it then drops .*.tmp*
+    assert is_sharded_checkpoint(last)
