@@ -181,7 +181,10 @@ def _flex_kernel_regression(
     if min_lag >= T:
         return _no_visible_pairs(q, k, v)
     block_mask = _lag_block_mask(T, min_lag, max_lag, q.device)
-    attend = _compiled_flex_attention() if compiled else flex_attention
+    # Inside an enclosing torch.compile (dist.compile: true) call flex_attention itself: the enclosing
+    # compile compiles it, while a nested torch.compile call would be a graph break at every memory.
+    nested = compiled and not torch.compiler.is_compiling()
+    attend = _compiled_flex_attention() if nested else flex_attention
     y = attend(q, k, v, block_mask=block_mask, scale=1.0)
     if min_lag:
         sees_pairs = torch.arange(T, device=q.device) >= min_lag

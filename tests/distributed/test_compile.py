@@ -80,13 +80,6 @@ def test_checkpointed_then_compiled_block_matches_eager():
     assert_compiled_matches_eager(wrapped, torch.randn(2, 96, 32), 8)
 
 
-@pytest.mark.xfail(
-    reason="inside a compiled block, _flex_kernel_regression calls torch.compile(flex_attention), which "
-    "Lightning wraps (lightning.fabric.wrappers) and dynamo cannot trace: a graph break at every memory "
-    "on CUDA. Fix in ops/kernel_regression.py: call flex_attention itself when "
-    "torch.compiler.is_compiling() (the enclosing compile compiles it); checked to capture then",
-    strict=False,
-)
 @pytest.mark.parametrize("min_lag, max_lag", [(1, 15), (8, None)])
 def test_cuda_kernel_regression_path_captures_as_one_graph(min_lag, max_lag):
     # What kernel_regression runs for CUDA inputs, traced on CPU: dynamo must capture the block-mask
