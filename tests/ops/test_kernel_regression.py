@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mosaics_lab.ops import kernel_regression, kernel_regression_flex, kernel_regression_reference
+from tests.ops.compare import assert_close
 
 # Relative error ||fast - ref|| / ||ref|| allowed. float32 measures ~1e-7..5e-7 at unit-scale
 # logits; bfloat16 is dominated by the rounding of outputs and gradients to 8 mantissa bits.
@@ -32,19 +33,6 @@ LAGS = [(0, None), (1, None), (3, None), (0, 0), (1, 5), (3, 63), (1, 255)]
 LENGTHS = [1, 7, 63, 64, 65, 200]
 # (B, H, D) cycled so that every B, H and D value appears without a full product.
 BHD = [(2, 1, 1), (1, 3, 5), (2, 3, 32)]
-
-
-def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
-    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
-    diff = (actual.double() - expected.double()).norm()
-    ref = expected.double().norm()
-    if ref == 0:
-        assert diff == 0, f"{name}: expected exactly 0, got norm {diff:.2e}"
-        return
-    rel = (diff / ref).item()
-    assert rel < tol, f"{name}: relative error {rel:.2e} >= {tol:.0e}"
 
 
 def assert_negligible(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mosaics_lab.ops import leaky_average, leaky_average_reference
+from tests.ops.compare import assert_close
 
 # Relative error ||fast - ref|| / ||ref|| allowed, per dtype of the inputs. float32 measures
 # ~1e-7..1e-5 (the worst: decays of -1e-6 next to gates of +-60); bfloat16 is dominated by the
@@ -22,19 +23,6 @@ BF16_TOL = 2e-2
 NEGLIGIBLE = 1e-2
 
 TOLERANCE = {torch.float32: FP32_TOL, torch.bfloat16: BF16_TOL}
-
-
-def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
-    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
-    diff = (actual.double() - expected.double()).norm()
-    ref = expected.double().norm()
-    if ref == 0:
-        assert diff == 0, f"{name}: expected exactly 0, got norm {diff:.2e}"
-        return
-    rel = (diff / ref).item()
-    assert rel < tol, f"{name}: relative error {rel:.2e} >= {tol:.0e}"
 
 
 def assert_negligible(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
