@@ -5,7 +5,9 @@ Shapes: B batch, H heads, T time steps, D head dimension (Dv for values, normall
     y_t = sum_{i visible from t} softmax_i(q_t . k_i) v_i,   visible: min_lag <= t - i <= max_lag
 
 Scale 1 (the bandwidth is inside q); logits in float32; rows with no visible pair are exactly 0
-with zero (finite) gradients.
+with zero (finite) gradients. With `doc_ids` (B, T), a query also sees only pairs of its own
+document. `dropout_p` drops softmax weights (the authors' dropout on the memory's attention
+weights), as SDPA's own dropout does; pass 0 outside training.
 
 The plain path first shifts time by min_lag: query t against key t - min_lag - j becomes query
 t' against key t' - j, j in [0, window], window = max_lag - min_lag (None = unbounded). After the
@@ -17,14 +19,21 @@ attend to themselves inside the kernel and are zeroed after it, again so that no
 fully masked row.
 
 Paths:
-- `kernel_regression_reference`: full (T x T) logits, boolean lag mask, masked softmax. The spec.
+- `kernel_regression_reference`: full (T x T) logits, boolean lag and document mask, masked
+  softmax. The spec.
 - plain (CPU, and any device without CUDA): unbounded window -> causal SDPA (flash kernel,
   O(T) memory); finite window -> query blocks of `_QUERY_BLOCK` rows against the `_QUERY_BLOCK +
-  window` keys they can see, with a banded mask, so time and memory are O(T * window).
-- `kernel_regression_flex`: FlexAttention with a mask_mod built from the lags and a block mask
-  that skips blocks outside the band; compiled once and cached. `kernel_regression` uses it on
-  CUDA. The lags enter the mask_mod as tensors, so changing them changes the block mask (cached
-  per (T, lags)) but does not recompile the kernel.
+  window` keys they can see, with a banded mask, so time and memory are O(T * window). With a
+  document mask and a block that holds a document boundary, the banded path serves both, its
+  window cut to the longest document of the batch (no query sees further back than its document's
+  start): O(T * min(window, longest document)), linear in T for a given corpus, and no (T x T)
+  mask. A block without a boundary takes the unmasked path, bit for bit.
+- `kernel_regression_flex`: FlexAttention with a mask_mod built from the lags (and the document
+  ids) and a block mask that skips blocks outside the band; compiled once and cached.
+  `kernel_regression` uses it on CUDA. The lags enter the mask_mod as tensors, so changing them
+  changes the block mask (cached per (T, lags), or per forward's `Documents` with a document mask)
+  but does not recompile the kernel. FlexAttention has no dropout: with dropout_p > 0,
+  `kernel_regression` takes the plain path on CUDA too.
 
 Precision note, measured on CPU float32 with unit keys and q = beta * k against a float64 spec:
 forward errors stay ~1e-6 at every beta; the q and k gradients degrade with beta for every float32
@@ -43,6 +52,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mosaics_lab.ops.documents import Documents, as_documents
+
 __all__ = ["kernel_regression", "kernel_regression_flex", "kernel_regression_reference"]
 
 # Query rows per block on the banded path. Measured on 2 CPU cores (T 2k..8k, window 254,
@@ -51,7 +62,14 @@ __all__ = ["kernel_regression", "kernel_regression_flex", "kernel_regression_ref
 _QUERY_BLOCK = 64
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None) -> None:
+def _check(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    min_lag: int,
+    max_lag: int | None,
+    dropout_p: float = 0.0,
+) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"q, k, v must have shape (B, H, T, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
@@ -65,6 +83,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_
         raise ValueError(f"min_lag must be >= 0 (a query cannot see the future), got {min_lag}")
     if max_lag is not None and max_lag < min_lag:
         raise ValueError(f"max_lag must be None or >= min_lag = {min_lag}, got {max_lag}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def _documents(doc_ids: torch.Tensor | Documents | None, q: torch.Tensor) -> Documents | None:
+    return None if doc_ids is None else as_documents(doc_ids, q.shape[0], q.shape[-2])
 
 
 def _no_visible_pairs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -74,8 +98,17 @@ def _no_visible_pairs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return torch.zeros_like(v) + anchor.to(v.dtype)
 
 
-def _banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Query t sees keys t - window .. t; O(T * window). q, k, v: float32 (B, H, T, D)."""
+def _banded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    doc_q: torch.Tensor | None = None,
+    doc_k: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Query t sees keys t - window .. t (and, with doc_q / doc_k (B, T), only keys of its own
+    document); O(T * window). q, k, v: float32 (B, H, T, D)."""
     B, H, T, D = q.shape
     Dv = v.shape[-1]
     W = min(_QUERY_BLOCK, T)
@@ -93,13 +126,35 @@ def _banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window:
     band = (c >= r) & (c <= r + window)  # (W, S)
     real_key = (torch.arange(N, device=q.device).unsqueeze(-1) * W + c) >= window  # (N, S): not left pad
     visible = band & real_key.unsqueeze(-2)  # (N, W, S); the diagonal is always visible
+    sees_pairs = None
+    if doc_q is not None:
+        # Same (B, N, W, S) layout as the band: the document of each query row and key column.
+        d_q = F.pad(doc_q, (0, tail)).view(B, N, W)
+        d_k = F.pad(doc_k, (window, tail)).unfold(1, S, W)  # (B, N, S)
+        visible = (visible & (d_q.unsqueeze(-1) == d_k.unsqueeze(-2))).unsqueeze(1)  # (B, 1, N, W, S)
+        # The diagonal may now belong to another document: a row can see nothing.
+        sees_pairs = visible.any(-1, keepdim=True)  # (B, 1, N, W, 1)
     logits = (q_blocks @ k_spans).masked_fill(~visible, float("-inf"))  # (B, H, N, W, S)
-    y = torch.softmax(logits, dim=-1) @ v_spans  # (B, H, N, W, Dv)
+    if sees_pairs is not None:
+        # Empty rows get constant logits (no NaN, no gradient into q or k) and are zeroed below.
+        logits = logits.masked_fill(~sees_pairs, 0.0)
+    p = torch.softmax(logits, dim=-1)
+    if dropout_p:
+        p = F.dropout(p, dropout_p)
+    y = p @ v_spans  # (B, H, N, W, Dv)
+    if sees_pairs is not None:
+        y = torch.where(sees_pairs, y, 0.0)
     return y.reshape(B, H, N * W, Dv)[:, :, :T]
 
 
 def _plain_kernel_regression(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    min_lag: int,
+    max_lag: int | None,
+    docs: Documents | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     B, H, T, Dv = v.shape
     dtype = v.dtype
@@ -108,31 +163,85 @@ def _plain_kernel_regression(
         return _no_visible_pairs(q, k, v)
     # A window that reaches back past position 0 is the plain causal problem.
     window = None if max_lag is None or max_lag - min_lag >= seen - 1 else max_lag - min_lag
+    doc_q = doc_k = None
+    if docs is not None and docs.has_boundaries:
+        # No query sees further back than its document's start: lags up to longest - 1.
+        reach = docs.longest - 1 - min_lag
+        if reach < 0:
+            return _no_visible_pairs(q, k, v)
+        window = reach if window is None else min(window, reach)
+        doc_q, doc_k = docs.ids[:, min_lag:], docs.ids[:, :seen]
     # float32 logits whatever the input dtype: q . k can reach ~1e4..1e5 (q = beta * k).
     q, k, v = q[..., min_lag:, :].float(), k[..., :seen, :].float(), v[..., :seen, :].float()
     if window is None:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, dropout_p=dropout_p)
     else:
-        y = _banded_attention(q, k, v, window)
+        y = _banded_attention(q, k, v, window, doc_q, doc_k, dropout_p)
     if min_lag:
         y = torch.cat([y.new_zeros(B, H, min_lag, Dv), y], dim=-2)
     return y.to(dtype)
 
 
 def kernel_regression(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int = 1, max_lag: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    min_lag: int = 1,
+    max_lag: int | None = None,
+    *,
+    doc_ids: torch.Tensor | Documents | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """y_t = sum over min_lag <= t - i <= max_lag of softmax_i(q_t . k_i) v_i; (B, H, T, Dv).
 
-    q, k: (B, H, T, D); v: (B, H, T, Dv). CUDA inputs go through compiled FlexAttention, others
-    through the plain path (causal SDPA, or banded blocks for a finite window). No path allocates
-    a (T x T) buffer that lives into the backward: memory kept for backward is O(T * D) unbounded
-    and O(T * window) windowed.
+    q, k: (B, H, T, D); v: (B, H, T, Dv). doc_ids: (B, T) integer document ids (or their
+    `Documents`): query t sees only pairs of its own document. dropout_p: dropout on the softmax
+    weights (training only: pass 0 in eval). CUDA inputs go through compiled FlexAttention
+    (without dropout), others through the plain path (causal SDPA, or banded blocks for a finite
+    window or a document mask). No path allocates a (T x T) buffer that lives into the backward:
+    memory kept for backward is O(T * D) unbounded and O(T * window) windowed.
     """
-    _check(q, k, v, min_lag, max_lag)
-    if q.is_cuda:
-        return _flex_kernel_regression(q, k, v, min_lag, max_lag, compiled=True)
-    return _plain_kernel_regression(q, k, v, min_lag, max_lag)
+    _check(q, k, v, min_lag, max_lag, dropout_p)
+    docs = _documents(doc_ids, q)
+    if q.is_cuda and not dropout_p:
+        return _flex_kernel_regression(q, k, v, min_lag, max_lag, compiled=True, docs=docs)
+    return _plain_kernel_regression(q, k, v, min_lag, max_lag, docs, dropout_p)
+
+
+def _document_mask_mod(min_lag: torch.Tensor, max_lag: torch.Tensor | None, docs: Documents) -> Callable:
+    ids, positions = docs.ids, docs.positions
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        lag = q_idx - kv_idx
+        visible = (lag >= min_lag) & (ids[b, q_idx] == ids[b, kv_idx])
+        if max_lag is not None:
+            visible = visible & (lag <= max_lag)
+        # As in _lag_mask_mod: a row that sees nothing (too close to its document's start) attends
+        # to itself and is zeroed after the kernel.
+        return visible | ((positions[b, q_idx] < min_lag) & (lag == 0))
+
+    return mask_mod
+
+
+def _document_block_mask(docs: Documents, min_lag: int, max_lag: int | None):
+    """The block mask of this layout and these lags, built once per forward and shared by every
+    layer's memory with the same lags (outside a compiled region, where the cache can be written)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (min_lag, max_lag)
+    if key in docs.block_masks:
+        return docs.block_masks[key]
+    B, T = docs.ids.shape
+    device = docs.ids.device
+    mask_mod = _document_mask_mod(
+        torch.tensor(min_lag, device=device),
+        None if max_lag is None else torch.tensor(max_lag, device=device),
+        docs,
+    )
+    block_mask = create_block_mask(mask_mod, B=B, H=None, Q_LEN=T, KV_LEN=T, device=device)
+    if not torch.compiler.is_compiling():
+        docs.block_masks[key] = block_mask
+    return block_mask
 
 
 def _lag_mask_mod(min_lag: torch.Tensor, max_lag: torch.Tensor | None) -> Callable:
@@ -173,23 +282,35 @@ def _compiled_flex_attention() -> Callable:
 
 
 def _flex_kernel_regression(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: int | None, compiled: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    min_lag: int,
+    max_lag: int | None,
+    compiled: bool,
+    docs: Documents | None = None,
 ) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
     T = q.shape[-2]
     if min_lag >= T:
         return _no_visible_pairs(q, k, v)
-    block_mask = _lag_block_mask(T, min_lag, max_lag, q.device)
+    if docs is None:
+        block_mask = _lag_block_mask(T, min_lag, max_lag, q.device)
+    else:
+        block_mask = _document_block_mask(docs, min_lag, max_lag)
     # Inside an enclosing torch.compile (dist.compile: true) call flex_attention itself: the enclosing
     # compile compiles it, while a nested torch.compile call would be a graph break at every memory.
     nested = compiled and not torch.compiler.is_compiling()
     attend = _compiled_flex_attention() if nested else flex_attention
     y = attend(q, k, v, block_mask=block_mask, scale=1.0)
     if min_lag:
-        sees_pairs = torch.arange(T, device=q.device) >= min_lag
+        if docs is None:
+            sees_pairs = (torch.arange(T, device=q.device) >= min_lag).unsqueeze(-1)  # (T, 1)
+        else:
+            sees_pairs = (docs.positions >= min_lag)[:, None, :, None]  # (B, 1, T, 1)
         # where, not a product: its backward sends exactly 0 into the self-attending rows.
-        y = torch.where(sees_pairs.unsqueeze(-1), y, 0.0)
+        y = torch.where(sees_pairs, y, 0.0)
     return y
 
 
@@ -200,22 +321,37 @@ def kernel_regression_flex(
     min_lag: int = 1,
     max_lag: int | None = None,
     *,
+    doc_ids: torch.Tensor | Documents | None = None,
+    dropout_p: float = 0.0,
     compiled: bool = True,
 ) -> torch.Tensor:
     """`kernel_regression` through FlexAttention; same contract, (B, H, T, Dv).
 
     Meant for CUDA. On CPU this torch runs the forward (eager, or compiled with a slow first call)
     but has no backward, which is why the plain path serves CPU training. Logits accumulate in
-    float32 inside the kernel; inputs and output keep their dtype.
+    float32 inside the kernel; inputs and output keep their dtype. FlexAttention has no dropout:
+    dropout_p > 0 is refused (`kernel_regression` routes it to the plain path).
     """
-    _check(q, k, v, min_lag, max_lag)
-    return _flex_kernel_regression(q, k, v, min_lag, max_lag, compiled)
+    _check(q, k, v, min_lag, max_lag, dropout_p)
+    if dropout_p:
+        raise ValueError(
+            f"kernel_regression_flex has no dropout (got dropout_p={dropout_p}); call kernel_regression, "
+            "which takes the plain path when dropout is asked"
+        )
+    return _flex_kernel_regression(q, k, v, min_lag, max_lag, compiled, _documents(doc_ids, q))
 
 
 def kernel_regression_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_lag: int = 1, max_lag: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    min_lag: int = 1,
+    max_lag: int | None = None,
+    *,
+    doc_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The spec of `kernel_regression`: full (T x T) float32 logits and a masked softmax."""
+    """The spec of `kernel_regression` (without dropout): full (T x T) float32 logits, a lag and
+    document mask, and a masked softmax."""
     _check(q, k, v, min_lag, max_lag)
     T = q.shape[-2]
     logits = q.float() @ k.float().transpose(-1, -2)  # (B, H, T, T)
@@ -224,6 +360,9 @@ def kernel_regression_reference(
     visible = lag >= min_lag
     if max_lag is not None:
         visible &= lag <= max_lag
+    if doc_ids is not None:
+        as_documents(doc_ids, q.shape[0], T)  # validates shape and dtype
+        visible = visible & (doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2)).unsqueeze(1)  # (B, 1, T, T)
     logits = logits.masked_fill(~visible, float("-inf"))
     # Softmax by hand so that rows with nothing visible give 0, not NaN: their max is -inf.
     row_max = logits.detach().amax(-1, keepdim=True)

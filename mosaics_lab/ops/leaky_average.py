@@ -3,32 +3,35 @@
 Shapes: B batch, H heads, T time steps, D head dimension.
 
     kbar_t = exp(log_gate_t) * x_t + exp(log_decay_t) * kbar_{t-1},   kbar_0 = 0
-    k_t    = kbar_t / (||kbar_t||_2 + eps)
+    k_t    = kbar_t / ||kbar_t||_2
 
 Unrolled, kbar_t = sum_{i<=t} exp(G_i + sum_{i<l<=t} L_l) x_i with G = log_gate, L = log_decay.
+With `doc_ids`, the state restarts at each document start: L_t = -inf there, so nothing of an
+earlier document reaches a later one.
 
 The fast form (`leaky_average`) splits time into chunks of C steps. Inside a chunk the (C x C)
 lower-triangular weight matrix is built in log space and applied with one matmul; the state at
 each chunk end obeys the same recurrence one level up (input = the chunk's own end state, decay =
 the chunk's total decay), so it is solved by the same function recursively, with T / C steps.
-Every intermediate is carried as `exp(log_scale) * h`, where log_scale is a (detached) running max
-of the log weights, so h stays O(C^depth * max|x|) for any gate or decay, and the final
-normalisation divides the scale out exactly: k = h / (||h|| + eps * exp(-log_scale)).
+Every intermediate is carried as `exp(log_scale_t) * h_t`, where log_scale_t is the (detached)
+largest log weight of row t, so h stays O(C^depth * max|x|) for any gate or decay.
+
+Normalisation contract (MODELS.md 0): the scale cancels in kbar / ||kbar||, so k_t = h_t / ||h_t||,
+and the guard against division by zero is applied to the rescaled state, k_t = h_t / (||h_t|| +
+eps). ||k_t|| is 1 (to rounding) for any log_gate in [-1000, 1000] as long as ||h_t|| >> eps, which
+holds whenever the inputs carrying the largest weights are not themselves ~0; an all-zero x gives
+k = 0. (Adding eps to the unscaled norm ~exp(log_gate) instead would shrink the key towards 0 for
+strongly negative gates.) The reference computes the same thing in float64 log space.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["leaky_average", "leaky_average_reference"]
+from mosaics_lab.ops.documents import Documents, as_documents
 
-# exp(80) ~ 5.5e34 is far from float32 overflow (3.4e38). Clamping the eps term there changes k only
-# where the exact k is below ~1e-35 times ||h||, i.e. where the float32 answer is zero anyway,
-# and keeps the backward free of inf * 0.
-_MAX_LOG_EPS_TERM = 80.0
+__all__ = ["leaky_average", "leaky_average_reference"]
 
 
 def _expand_log_coefficient(name: str, value: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -93,6 +96,7 @@ def leaky_average(
     log_decay: torch.Tensor,
     log_gate: torch.Tensor | None = None,
     *,
+    doc_ids: torch.Tensor | Documents | None = None,
     eps: float = 1e-6,
     chunk_size: int = 32,
 ) -> torch.Tensor:
@@ -100,7 +104,9 @@ def leaky_average(
 
     x: (B, H, T, D). log_decay: broadcastable to (B, H, T), values <= 0 (larger values are computed
     correctly too, but are not a decay). log_gate: broadcastable to (B, H, T), any real value, or
-    None for a gate of 1. Computed in float32, returned in x's dtype, shape (B, H, T, D).
+    None for a gate of 1. doc_ids: (B, T) integer document ids (or their `Documents`), or None for
+    one document; the state restarts at each document start. Computed in float32, returned in x's
+    dtype, shape (B, H, T, D). eps guards the division by the rescaled norm (module docstring).
     chunk_size: 32 was the fastest of 16/32/64/128 fwd + bwd on 2 CPU cores at T = 512..16k; the
     result does not depend on it beyond rounding.
     """
@@ -118,10 +124,15 @@ def leaky_average(
     )
     if T == 0:
         return x.clone()
-    h, log_scale = _scaled_leaky_sum(x.to(torch.float32), L, G, chunk_size)
-    # ||kbar|| + eps = exp(log_scale) * (||h|| + eps * exp(-log_scale)).
-    eps_term = torch.exp((math.log(eps) - log_scale).clamp(max=_MAX_LOG_EPS_TERM)).unsqueeze(-1)
-    k = h / (torch.linalg.vector_norm(h, dim=-1, keepdim=True) + eps_term)
+    if doc_ids is not None:
+        docs = as_documents(doc_ids, B, T)
+        # A document start forgets everything before it: a decay of exp(-inf) = 0. -inf only ever
+        # meets finite numbers or itself in sums and maxima, so no NaN arises, and where() sends no
+        # gradient into the replaced decays.
+        L = torch.where(docs.starts.unsqueeze(1), float("-inf"), L)
+    h, _ = _scaled_leaky_sum(x.to(torch.float32), L, G, chunk_size)
+    # kbar = exp(log_scale) * h: the scale cancels, eps guards the rescaled norm.
+    k = h / (torch.linalg.vector_norm(h, dim=-1, keepdim=True) + eps)
     return k.to(x.dtype)
 
 
@@ -130,11 +141,14 @@ def leaky_average_reference(
     log_decay: torch.Tensor,
     log_gate: torch.Tensor | None = None,
     *,
+    doc_ids: torch.Tensor | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """The spec of `leaky_average`: the full (T x T) weight matrix in float64, O(T^2).
+    """The spec of `leaky_average`: the full (T x T) log-weight matrix in float64, O(T^2).
 
-    Exact while the log weights stay inside float64's exp range (|log_gate| < ~700).
+    Row t is rescaled by its largest log weight before exp (the scale cancels in the normalisation),
+    so it is exact for any gate, and eps guards the rescaled norm, the contract of the fast form.
+    doc_ids: (B, T) or None; a pair of positions in different documents has weight 0.
     """
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, H, T, D), got {tuple(x.shape)}")
@@ -149,8 +163,11 @@ def leaky_average_reference(
     S = L.cumsum(-1)
     # log w[t, i] = G_i + S_t - S_i for i <= t: weight of x_i in kbar_t.
     log_w = G.unsqueeze(-2) + S.unsqueeze(-1) - S.unsqueeze(-2)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    w = torch.exp(log_w.masked_fill(~causal, float("-inf")))
-    kbar = w @ x.to(torch.float64)
-    k = kbar / (torch.linalg.vector_norm(kbar, dim=-1, keepdim=True) + eps)
+    visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    if doc_ids is not None:
+        visible = visible & (doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2)).unsqueeze(1)  # (B, 1, T, T)
+    log_w = log_w.masked_fill(~visible, float("-inf"))
+    row_max = log_w.detach().amax(-1, keepdim=True)  # finite: the diagonal is always visible
+    h = torch.exp(log_w - row_max) @ x.to(torch.float64)
+    k = h / (torch.linalg.vector_norm(h, dim=-1, keepdim=True) + eps)
     return k.to(x.dtype)

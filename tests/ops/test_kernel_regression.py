@@ -189,3 +189,158 @@ def test_compiled_flex_serves_every_min_lag_with_one_kernel():
             y = kernel_regression_flex(q, k, v, min_lag, None, compiled=True)
         assert_close("y", y, kernel_regression_reference(q, k, v, min_lag, None), FP32_TOL)
         assert (y[..., :min_lag, :] == 0).all()
+
+
+# ---- document mask ----
+
+
+def document_ids(B: int, T: int, cuts: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """doc_ids (B, T): row 0 cut at `cuts`, the other rows at shuffled cut points (rows differ)."""
+    rows = []
+    gen = torch.Generator().manual_seed(seed)
+    for b in range(B):
+        row_cuts = (
+            cuts
+            if b == 0
+            else tuple(sorted(torch.randint(1, max(T, 2), (len(cuts),), generator=gen).tolist()))
+        )
+        t = torch.arange(T)
+        rows.append(sum((t >= c).long() for c in row_cuts) if row_cuts else torch.zeros(T, dtype=torch.long))
+    return torch.stack(rows)
+
+
+def check_documents_against_reference(fn, q, k, v, min_lag, max_lag, doc_ids, tol: float) -> None:
+    def run(f, grad_out=None):
+        y = f(q, k, v, min_lag, max_lag, doc_ids=doc_ids)
+        if grad_out is None:
+            grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.dtype)
+        return y, torch.autograd.grad(y, (q, k, v), grad_out), grad_out
+
+    y_ref, grads_ref, grad_out = run(kernel_regression_reference)
+    y, grads, _ = run(fn, grad_out)
+    assert_close("y", y, y_ref, tol)
+    for name, g, g_ref in zip(("dq", "dk", "dv"), grads, grads_ref):
+        # Rows with one visible pair make dq, dk rounding noise; compare them by absolute size there.
+        if name != "dv" and max_lag == min_lag:
+            assert_negligible(name, g, g_ref)
+        else:
+            assert_close(name, g, g_ref, tol)
+
+
+DOC_CUTS = [(1,), (5,), (64,), (30, 31, 100), (3, 130, 131)]
+
+
+@pytest.mark.parametrize("min_lag,max_lag", LAGS)
+@pytest.mark.parametrize("cuts", DOC_CUTS)
+def test_document_mask_matches_reference_forward_and_every_gradient(cuts, min_lag, max_lag):
+    T = 140
+    q, k, v = make_qkv((2, 3, T, 8), torch.float32)
+    check_documents_against_reference(
+        kernel_regression, q, k, v, min_lag, max_lag, document_ids(2, T, cuts), FP32_TOL
+    )
+
+
+def test_document_mask_sees_only_the_own_document():
+    # Changing document 1 changes nothing of document 2, which equals document 2 run alone.
+    T, cut = 90, 37
+    q, k, v = (t.detach() for t in make_qkv((1, 2, T, 8), torch.float32, beta=20.0))
+    doc_ids = (torch.arange(T) >= cut).long().unsqueeze(0)
+    for min_lag, max_lag in ((1, None), (3, None), (1, 20), (0, None)):
+        y = kernel_regression(q, k, v, min_lag, max_lag, doc_ids=doc_ids)
+        q2, k2, v2 = (t.clone() for t in (q, k, v))
+        for t in (q2, k2, v2):
+            t[:, :, :cut] = torch.randn_like(t[:, :, :cut])
+        y2 = kernel_regression(q2, k2, v2, min_lag, max_lag, doc_ids=doc_ids)
+        assert torch.equal(y[:, :, cut:], y2[:, :, cut:])
+        alone = kernel_regression(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], min_lag, max_lag)
+        torch.testing.assert_close(y[:, :, cut:], alone, rtol=1e-5, atol=1e-6)
+        # The first min_lag positions of a document see nothing.
+        assert (y[:, :, cut : cut + min_lag] == 0).all()
+
+
+@pytest.mark.parametrize("min_lag,max_lag", [(1, None), (1, 5)])
+def test_document_ids_without_a_boundary_give_exactly_the_unmasked_output(min_lag, max_lag):
+    q, k, v = (t.detach() for t in make_qkv((2, 3, 100, 8), torch.float32))
+    plain = kernel_regression(q, k, v, min_lag, max_lag)
+    masked = kernel_regression(q, k, v, min_lag, max_lag, doc_ids=torch.full((2, 100), 3))
+    assert torch.equal(plain, masked)
+
+
+@pytest.mark.parametrize("min_lag,max_lag", [(0, None), (1, None), (3, None), (1, 5), (3, 63), (64, None)])
+@pytest.mark.parametrize("T", [7, 65, 200])
+@pytest.mark.parametrize("cuts", [(1,), (30, 31, 100), (5, 150)])
+def test_flex_forward_matches_plain_path_with_document_mask_on_cpu(T, cuts, min_lag, max_lag):
+    q, k, v = (t.detach() for t in make_qkv((2, 3, T, 16), torch.float32))
+    doc_ids = document_ids(2, T, tuple(c for c in cuts if c < T))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        y = kernel_regression_flex(q, k, v, min_lag, max_lag, doc_ids=doc_ids, compiled=False)
+    plain = kernel_regression(q, k, v, min_lag, max_lag, doc_ids=doc_ids)
+    assert_close("y", y, plain, FP32_TOL)
+    assert_close("y", y, kernel_regression_reference(q, k, v, min_lag, max_lag, doc_ids=doc_ids), FP32_TOL)
+
+
+@pytest.mark.parametrize("min_lag,max_lag", [(1, None), (1, 63)])
+def test_document_mask_memory_grows_linearly_in_T_for_fixed_document_length(min_lag, max_lag):
+    sizes = {}
+    for T in (1024, 4096):
+        q, k, v = make_qkv((1, 2, T, 16), torch.float32)
+        doc_ids = (torch.arange(T) // 100).unsqueeze(0)  # documents of 100 tokens
+        sizes[T] = saved_bytes_of_forward(
+            lambda *a, d=doc_ids: kernel_regression(*a, doc_ids=d), q, k, v, min_lag, max_lag
+        )
+    assert sizes[4096] < 4.5 * sizes[1024], sizes
+
+
+@pytest.mark.parametrize(
+    "doc_ids,message",
+    [
+        (torch.zeros(2, 9, dtype=torch.long), r"shape \(B, T\)"),
+        (torch.zeros(2, 10), "integer"),
+        (torch.zeros(10, dtype=torch.long), "shape"),
+    ],
+)
+def test_document_ids_of_wrong_shape_or_dtype_raise_value_error(doc_ids, message):
+    q, k, v = make_qkv((2, 1, 10, 4), torch.float32)
+    with pytest.raises(ValueError, match=message):
+        kernel_regression(q, k, v, doc_ids=doc_ids)
+
+
+# ---- dropout on the attention weights ----
+
+
+@pytest.mark.parametrize("min_lag,max_lag", [(1, None), (1, 5)])
+def test_dropout_drops_attention_weights_not_outputs(min_lag, max_lag):
+    # With v = 1 everywhere, a row's output is the sum of its kept weights / (1 - p): values other
+    # than 0 and 1 / (1 - p) show that single weights were dropped (output dropout gives only those).
+    p = 0.5
+    q, k, _ = (t.detach() for t in make_qkv((2, 2, 64, 8), torch.float32))
+    v = torch.ones(2, 2, 64, 8)
+    torch.manual_seed(0)
+    y = kernel_regression(q, k, v, min_lag, max_lag, dropout_p=p)[..., min_lag + 3 :, 0]
+    mixed = ((y - 0).abs() > 1e-4) & ((y - 1 / (1 - p)).abs() > 1e-4)
+    assert mixed.float().mean() > 0.5
+    # Unbiased: the mean over many draws approaches the undropped output.
+    q, k, v = (t.detach() for t in make_qkv((1, 2, 32, 8), torch.float32))
+    exact = kernel_regression(q, k, v, min_lag, max_lag)
+    mean = torch.stack(
+        [kernel_regression(q, k, v, min_lag, max_lag, dropout_p=0.2) for _ in range(400)]
+    ).mean(0)
+    assert (mean - exact).norm() / exact.norm() < 0.05
+
+
+def test_dropout_with_document_mask_keeps_empty_rows_zero():
+    q, k, v = make_qkv((2, 2, 50, 8), torch.float32)
+    doc_ids = (torch.arange(50) >= 20).long().expand(2, 50)
+    y = kernel_regression(q, k, v, 1, None, doc_ids=doc_ids, dropout_p=0.3)
+    assert (y[:, :, [0, 20]] == 0).all() and torch.isfinite(y).all()
+    grads = torch.autograd.grad(y.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_flex_refuses_dropout_with_a_clear_error():
+    q, k, v = (t.detach() for t in make_qkv((1, 1, 8, 4), torch.float32))
+    with pytest.raises(ValueError, match="no dropout"):
+        kernel_regression_flex(q, k, v, dropout_p=0.1, compiled=False)
+    with pytest.raises(ValueError, match="dropout_p"):
+        kernel_regression(q, k, v, dropout_p=1.0)

@@ -146,21 +146,103 @@ def test_reference_matches_the_literal_recurrence():
     expected = []
     for t in range(30):
         kbar = log_gate[..., t, None].exp() * x[..., t, :] + log_decay[..., t, None].exp() * kbar
-        expected.append(kbar / (kbar.norm(dim=-1, keepdim=True) + 1e-6))
+        expected.append(kbar / kbar.norm(dim=-1, keepdim=True))
     expected = torch.stack(expected, dim=-2)
-    torch.testing.assert_close(leaky_average_reference(x, log_decay, log_gate), expected)
+    # eps (1e-6, on the rescaled norm ~1) is the only difference from the exact kbar / ||kbar||.
+    torch.testing.assert_close(leaky_average_reference(x, log_decay, log_gate), expected, rtol=0, atol=1e-5)
 
 
-def test_gate_shift_common_to_all_steps_changes_k_only_through_eps():
-    # A gate added to every step scales kbar; k = kbar / (||kbar|| + eps) is unchanged when ||kbar||
-    # stays >> eps and shrinks towards kbar / eps when the shift drives ||kbar|| below eps.
+def test_gate_shift_common_to_all_steps_leaves_k_unchanged():
+    # A gate added to every step scales kbar by exp(shift), which the normalisation removes: however
+    # small ||kbar|| gets, eps acts on the rescaled state only (MODELS.md 0).
     x, log_decay, log_gate = make_inputs((1, 2, 100, 8), torch.float32, "moderate")
     base = leaky_average(x, log_decay, log_gate).detach()
-    up = leaky_average(x, log_decay, log_gate + 50.0).detach()
-    down = leaky_average(x, log_decay, log_gate - 50.0).detach()
-    torch.testing.assert_close(up, base, rtol=1e-5, atol=1e-5)
+    # The tolerance grows with the shift only because float32 rounds log_gate + shift (ulp 3e-5 at 500).
+    for shift, atol in ((50.0, 1e-5), (-50.0, 1e-5), (-500.0, 1e-3)):
+        shifted = leaky_average(x, log_decay, log_gate + shift).detach()
+        torch.testing.assert_close(shifted, base, rtol=0, atol=atol)
     torch.testing.assert_close(base.norm(dim=-1), torch.ones(1, 2, 100), rtol=1e-4, atol=1e-4)
-    assert down.norm(dim=-1).max() < 1e-10
+
+
+EXTREME_GATES = [-10.0, -20.0, -100.0, -500.0, 500.0]
+
+
+@pytest.mark.parametrize("gate", EXTREME_GATES)
+@pytest.mark.parametrize("decay", ["moderate", "near_zero", "strong"])
+def test_keys_are_unit_norm_for_any_gate_and_decay(gate, decay):
+    # Unit-norm rows of x, as the issue measured: ||k|| was 0.978 at -10, 0.454 at -14, 0 at -500.
+    B, H, T, D = 2, 3, 130, 8
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(B, H, T, D, generator=gen)
+    x = x / x.norm(dim=-1, keepdim=True)
+    log_decay = {
+        "moderate": -torch.rand(B, H, T, generator=gen),
+        "near_zero": torch.full((B, H, T), -1e-6),
+        "strong": torch.full((B, H, T), -30.0),
+    }[decay]
+    for log_gate in (torch.full((B, H, T), gate), gate + torch.randn(B, H, T, generator=gen)):
+        norms = leaky_average(x, log_decay, log_gate).norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+    for gate_all in (-1000.0, 1000.0):
+        norms = leaky_average(x, log_decay, torch.full((B, H, T), gate_all)).norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate", EXTREME_GATES)
+@pytest.mark.parametrize("T", [1, 65, 200])
+def test_fast_matches_float64_log_space_reference_at_extreme_gates(gate, T):
+    x, log_decay, log_gate = make_inputs((2, 3, T, 5), torch.float32, "moderate")
+    log_gate = (log_gate.detach() + gate).requires_grad_(True)
+    check_fast_against_reference(x, log_decay, log_gate, FP32_TOL, "moderate")
+
+
+def test_all_zero_input_gives_zero_keys_and_finite_gradients():
+    x = torch.zeros(1, 2, 70, 4, requires_grad=True)
+    log_decay = torch.full((1, 2, 70), -0.5, requires_grad=True)
+    log_gate = torch.full((1, 2, 70), -300.0, requires_grad=True)
+    k = leaky_average(x, log_decay, log_gate)
+    assert torch.equal(k, torch.zeros_like(k))
+    grads = torch.autograd.grad(k.sum(), (x, log_decay, log_gate))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def two_document_ids(B: int, T: int, cut: int) -> torch.Tensor:
+    """doc_ids (B, T): document 0 up to position cut - 1, document 1 from cut on."""
+    return (torch.arange(T) >= cut).long().expand(B, T)
+
+
+@pytest.mark.parametrize("cut", [1, 31, 32, 33, 100])
+@pytest.mark.parametrize("regime", ["moderate", "decay_near_zero", "gates_and_decays_mixed"])
+def test_document_mask_matches_reference_and_restarts_the_state(cut, regime):
+    B, H, T, D = 2, 3, 130, 5
+    x, log_decay, log_gate = make_inputs((B, H, T, D), torch.float32, regime)
+    doc_ids = two_document_ids(B, T, cut)
+    k_ref, grads_ref, grad_out = outputs_and_grads(
+        leaky_average_reference, x, log_decay, log_gate, doc_ids=doc_ids
+    )
+    k, grads, _ = outputs_and_grads(leaky_average, x, log_decay, log_gate, grad_out, doc_ids=doc_ids)
+    assert_close("k", k, k_ref, FP32_TOL)
+    for name, g, g_ref in zip(("dx", "dlog_decay", "dlog_gate"), grads, grads_ref):
+        assert_close(name, g, g_ref, FP32_TOL)
+    # The second document alone gives the same keys: nothing of the first reaches it.
+    alone = leaky_average(x[:, :, cut:], log_decay[:, :, cut:], log_gate[:, :, cut:])
+    torch.testing.assert_close(k[:, :, cut:], alone, rtol=1e-5, atol=1e-6)
+    # The first document is untouched by the second (causality).
+    torch.testing.assert_close(k[:, :, :cut], leaky_average(x, log_decay, log_gate)[:, :, :cut])
+
+
+def test_document_ids_without_boundary_give_exactly_the_unmasked_output():
+    x, log_decay, log_gate = make_inputs((2, 3, 100, 5), torch.float32, "moderate")
+    same = leaky_average(x, log_decay, log_gate, doc_ids=torch.full((2, 100), 7))
+    assert torch.equal(same, leaky_average(x, log_decay, log_gate))
+
+
+def test_document_ids_of_wrong_shape_or_dtype_raise_value_error():
+    x = torch.randn(2, 3, 10, 4)
+    with pytest.raises(ValueError, match=r"doc_ids must have shape \(B, T\)"):
+        leaky_average(x, torch.zeros(1, 3, 1), doc_ids=torch.zeros(2, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        leaky_average(x, torch.zeros(1, 3, 1), doc_ids=torch.zeros(2, 10))
 
 
 def test_output_keeps_input_dtype_and_shape():
