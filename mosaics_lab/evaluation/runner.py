@@ -109,8 +109,10 @@ def _global_step(ckpt: Path) -> int:
         from lightning.fabric.utilities.load import _METADATA_FILENAME
 
         ckpt = ckpt / _METADATA_FILENAME
-    # mmap: only the small "global_step" entry is read, not the weights again.
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
+    from mosaics_lab.training.safe_load import load_checkpoint_file
+
+    # mmap: only the small "global_step" entry is read, not the weights again; weights-only, always.
+    return int(load_checkpoint_file(ckpt, map_location="cpu", mmap=True).get("global_step", 0))
 
 
 def _device(name: str) -> torch.device:
@@ -190,6 +192,10 @@ def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) ->
     check_task_name(task)  # user mistakes first, before any loading
     if options.which not in CHECKPOINT_CHOICES:
         raise EvalError(f"--which must be one of {', '.join(CHECKPOINT_CHOICES)}, got {options.which!r}")
+    if options.batches < 1 or options.batch_size < 1:
+        raise EvalError(
+            f"--batches and --batch-size must be >= 1, got {options.batches} and {options.batch_size}"
+        )
     lengths = parse_lengths(options.lengths)
     shots = parse_shots(options.shots)
     task_options = TaskEvalOptions(

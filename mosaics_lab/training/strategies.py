@@ -8,8 +8,8 @@ not go through the Trainer's ``CheckpointIO`` plugin, so our ``AtomicCheckpointI
 A process killed mid-save would leave a directory that is half old, half new. The subclass writes the
 whole directory under a temporary sibling name and renames it into place once every rank has written
 its shard; ``recover_interrupted_saves`` (called before a run resumes) finishes or undoes a swap that a
-kill cut between its two renames. It also passes ``weights_only=False`` on resume, which Lightning's
-Trainer forgets for this strategy (see ``load_checkpoint``).
+kill cut between its two renames. It also loads ``meta.pt`` with ``weights_only=True`` on resume
+whatever Lightning's Trainer passes for this strategy (see ``load_checkpoint``).
 """
 
 from __future__ import annotations
@@ -92,12 +92,9 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     def load_checkpoint(
         self, checkpoint_path: str | Path, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        # Lightning 2.6's Trainer drops `fit(..., weights_only=False)` for strategies that restore after
-        # setup (this one), so torch.load would refuse our meta.pt (RNG states, the recipe). These are the
-        # run's own checkpoints, which train() already loads with weights_only=False.
-        return super().load_checkpoint(
-            checkpoint_path, weights_only=False if weights_only is None else weights_only
-        )
+        # Lightning 2.6's Trainer drops `fit(..., weights_only=...)` for strategies that restore after
+        # setup (this one). A checkpoint never runs code: meta.pt is loaded weights-only, always.
+        return super().load_checkpoint(checkpoint_path, weights_only=True)
 
 
 def build_strategy(dist: DistConfig) -> str | Strategy:
