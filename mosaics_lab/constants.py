@@ -21,6 +21,7 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 LAST_GOOD_CHECKPOINT = "last_good.ckpt"
+TRIAL_LOG = "train.log"  # a sweep trial's stdout + stderr, in its run dir
 RUN_META_KEY = "_run"  # section of a run's recipe.yaml with versions, git sha and parameter counts
 
 

@@ -63,7 +63,7 @@ from mosaics_lab.sweeps.spec import CELL_ATTR, Sweep, SweepError, encode_choice,
 from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id, pid_alive
 
 JOURNAL_FILE = "journal.log"
-TRIAL_LOG = "train.log"  # the trial's stdout + stderr, in its run dir
+TRIAL_LOG = C.TRIAL_LOG  # the trial's stdout + stderr, in its run dir
 READY_ATTR = "mosaics_lab:cells_enqueued"  # study user attr: set once the creator enqueued every cell
 FINGERPRINT_ATTR = "mosaics_lab:sweep"  # study user attr: what the sweep varies (see Sweep.fingerprint)
 WORKER_ATTR = "worker"

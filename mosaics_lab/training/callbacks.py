@@ -33,8 +33,12 @@ from mosaics_lab import constants as C
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk keeps no half-written temp file
+        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -42,11 +46,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # ENOSPC mid-write: the partial temp file would fill the disk
+            raise
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None):
+        # Weights-only whatever the caller asks: a checkpoint never runs code (see safe_load).
+        from mosaics_lab.training.safe_load import load_checkpoint_file
+
+        return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+
+def read_jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) for every complete line of a metrics.jsonl. Lines are appended whole, so only a
+    process killed mid-write leaves a torn one, always the last: it is dropped, never an error."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append((line, row))
+    return rows
 
 
 class JsonlLogger(Logger):
@@ -59,10 +89,11 @@ class JsonlLogger(Logger):
             self._truncate_from(resume_step)
 
     def _truncate_from(self, step: int) -> None:
-        """On resume from a checkpoint taken after `step` optimiser steps, drop the lines the interrupted
-        process logged from that step on, so curves have no duplicate steps (TensorBoard: purge_step)."""
+        """A run starting at optimiser step `step` (0: no checkpoint, a restart from scratch) drops the
+        lines an interrupted process logged from that step on, so curves have no duplicate steps
+        (TensorBoard: purge_step). A line a kill cut mid-write is dropped too."""
         kept = [
-            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step
+            ln for ln, row in read_jsonl_rows(self.path) if row.get("step") is not None and row["step"] < step
         ]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
 
@@ -152,19 +183,32 @@ class RunLifecycle(L.Callback):
         self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIR
         self._t_start = 0.0
 
-    # RNG states travel in the checkpoint so a resumed run draws the same dropout masks.
+    # RNG states travel in the checkpoint so a resumed run draws the same dropout masks. Stored as
+    # tensors, lists and numbers only, which torch.load(weights_only=True) accepts (numpy's own state
+    # holds an ndarray, which it refuses).
     def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
         return {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": [
+                str(kind),
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(cached),
+            ],
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state(
+            (kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached)
+        )
+        python = state["python"]
+        random.setstate((python[0], tuple(python[1]), python[2]))
         if state.get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 

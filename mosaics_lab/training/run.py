@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,21 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from mosaics_lab import __version__
 from mosaics_lab import constants as C
-from mosaics_lab.config.loader import flatten, recipe_from_dict, recipe_to_dict
+from mosaics_lab.config.loader import RecipeError, flatten, recipe_from_dict, recipe_to_dict
 from mosaics_lab.config.schema import Recipe
 from mosaics_lab.data import LMDataModule, dataset_vocab_size
 from mosaics_lab.models import build_model
-from mosaics_lab.training.callbacks import AtomicCheckpointIO, JsonlLogger, PerfMonitor, RunLifecycle
+from mosaics_lab.training.callbacks import (
+    AtomicCheckpointIO,
+    JsonlLogger,
+    PerfMonitor,
+    RunLifecycle,
+    atomic_write_text,
+)
 from mosaics_lab.training.module import LanguageModelModule
-from mosaics_lab.training.stopfile import StopFile
+from mosaics_lab.training.runlock import HOLDER_FILE, LOCK_FILE, RunLock
+from mosaics_lab.training.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint_file
+from mosaics_lab.training.stopfile import STOP_FILE, StopFile
 from mosaics_lab.training.strategies import (
     build_strategy,
     is_sharded_checkpoint,
@@ -43,6 +52,9 @@ from mosaics_lab.training.strategies import (
 
 # Keys that may differ between an interrupted run and its resumption.
 RESUME_SAFE_PREFIXES = ("train.max_steps", "train.max_tokens", "log.", "eval.", "data.num_workers")
+# What a run dir may hold before its recipe.yaml: the lock, a sweep's STOP request and trial log.
+RUN_DIR_BEFORE_RECIPE = frozenset({LOCK_FILE, HOLDER_FILE, STOP_FILE, f".{STOP_FILE}.tmp", C.TRIAL_LOG})
+CORRUPT_DIR = "corrupt"  # checkpoints/corrupt/: checkpoints that failed to load, set aside on resume
 
 
 class RunDirError(ValueError):
@@ -94,6 +106,7 @@ class RunPlan:
     resume_step: int | None
     total_steps: int
     param_count: int
+    lock: RunLock | None = None  # held by rank zero for the life of the run
 
 
 def _is_rank_zero() -> bool:
@@ -111,8 +124,15 @@ def _is_rank_zero() -> bool:
 def resolve_recipe(recipe: Recipe) -> Recipe:
     """Fill what the recipe leaves to the data (vocabulary size) and parameter matching."""
     model = recipe.model
+    data_vocab = dataset_vocab_size(recipe.data)
     if model.vocab_size is None:
-        model = dataclasses.replace(model, vocab_size=dataset_vocab_size(recipe.data))
+        model = dataclasses.replace(model, vocab_size=data_vocab)
+    elif model.vocab_size < data_vocab:
+        raise RecipeError(
+            f"model.vocab_size={model.vocab_size} is smaller than the vocabulary of {recipe.data.path} "
+            f"({data_vocab} tokens, from its manifest): token ids would index past the embedding. Remove "
+            f"model.vocab_size to take it from the data, or set it >= {data_vocab}."
+        )
     if model.match_params_of:
         from mosaics_lab.training.matching import match_params
 
@@ -120,12 +140,73 @@ def resolve_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, model=model)
 
 
+def _check_explicit_run_dir(run_dir: Path) -> None:
+    """An explicit ``log.run_dir`` may be anywhere, but must be empty, or a run (it has recipe.yaml; the
+    identity check then says whether it is one of this recipe), or a sweep trial dir not started yet."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunDirError(f"log.run_dir {run_dir} is a file, not a directory")
+    if (run_dir / C.RECIPE_FILE).is_file():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_DIR_BEFORE_RECIPE)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise RunDirError(
+            f"log.run_dir {run_dir} already holds files that are not a run ({shown}); refusing to write "
+            "a run there. Point log.run_dir at an empty or new directory."
+        )
+
+
+def pick_checkpoint(ckpt_dir: Path, move_aside: bool) -> tuple[Path | None, int | None]:
+    """The checkpoint to resume from: of ``last.ckpt`` and the ``step-*.ckpt`` beside it, the newest
+    (highest step) that loads. One that does not load is reported by name and, when ``move_aside``
+    (rank zero), moved to ``checkpoints/corrupt/``, never deleted. A checkpoint that would run code is
+    refused (``UnsafeCheckpointError``), never skipped."""
+    if not ckpt_dir.is_dir():
+        return None, None
+    candidates = [ckpt_dir / C.LAST_CHECKPOINT, *sorted(ckpt_dir.glob("step-*.ckpt"), reverse=True)]
+    best: tuple[Path, int] | None = None
+    for path in candidates:
+        if not path.exists():
+            continue
+        # FSDP writes a sharded checkpoint directory; its step is in Lightning's meta.pt inside
+        meta = path / _METADATA_FILENAME if is_sharded_checkpoint(path) else path
+        try:
+            ckpt = load_checkpoint_file(meta, mmap=True)
+            step = int(ckpt["global_step"])
+            del ckpt
+        except UnsafeCheckpointError:
+            raise
+        except (CheckpointError, KeyError, TypeError, ValueError, IsADirectoryError) as exc:
+            where = ""
+            if move_aside:
+                aside_dir = ckpt_dir / CORRUPT_DIR
+                aside_dir.mkdir(exist_ok=True)
+                dest = aside_dir / path.name
+                k = 1
+                while dest.exists():
+                    dest, k = aside_dir / f"{path.name}.{k}", k + 1
+                os.replace(path, dest)
+                where = f"; moved to {dest}"
+            print(f"mosaics-lab: checkpoint {path} cannot be resumed from ({exc}){where}", file=sys.stderr)
+            continue
+        if best is None or step > best[1]:
+            best = (path, step)
+    if best is None:
+        return None, None
+    return best
+
+
 def plan_run(recipe: Recipe) -> RunPlan:
-    """Resolve the recipe, pick the run dir, check it belongs to this recipe, write recipe.yaml."""
+    """Resolve the recipe, pick the run dir, check it belongs to this recipe, lock it (rank zero), pick
+    the checkpoint to resume from, write recipe.yaml. The caller releases ``plan.lock``."""
     recipe = resolve_recipe(recipe)
     run_dir = run_dir_for(recipe)
     recipe_path = run_dir / C.RECIPE_FILE
     as_dict = recipe_to_dict(recipe)
+    if recipe.log.run_dir:
+        _check_explicit_run_dir(run_dir)
     if recipe_path.exists():
         previous = yaml.safe_load(recipe_path.read_text()) or {}
         old, new = identity(previous), identity(as_dict)
@@ -136,44 +217,40 @@ def plan_run(recipe: Recipe) -> RunPlan:
                 f"run dir {run_dir} belongs to a different recipe ({shown}); refusing to mix runs. "
                 "Use another log.run_id (or log.run_dir), or delete that directory."
             )
-    last = run_dir / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT
-    if _is_rank_zero():
-        # temp files (or sharded temp dirs) of a process killed while writing a checkpoint: never
-        # complete, never read; a sharded swap cut between its two renames is finished first
-        recover_interrupted_saves(run_dir / C.CHECKPOINT_DIR)
-        for stale in (run_dir / C.CHECKPOINT_DIR).glob(".*.tmp*"):
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink(missing_ok=True)
-    resume_step = None
-    if last.exists():
-        # FSDP writes a sharded checkpoint directory; its step is in Lightning's meta.pt inside
-        meta = last / _METADATA_FILENAME if is_sharded_checkpoint(last) else last
-        ckpt = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
-        resume_step = int(ckpt["global_step"])
-        del ckpt
-    with torch.device("meta"):
-        n_params = build_model(recipe.model).num_params()
-    total_steps = recipe.train.total_steps(recipe.model.block_size)
-    if _is_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = dict(as_dict)
-        record[C.RUN_META_KEY] = {
-            "mosaics_lab": __version__,
-            "torch": str(torch.__version__),
-            "lightning": L.__version__,
-            "git_sha": git_sha(),
-            "params": n_params,
-            "total_steps": total_steps,
-            "resumed_from_step": resume_step,
-        }
-        tmp = recipe_path.with_name(f".{C.RECIPE_FILE}.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
-        os.replace(tmp, recipe_path)
-    return RunPlan(
-        recipe, run_dir, last if resume_step is not None else None, resume_step, total_steps, n_params
-    )
+    rank_zero = _is_rank_zero()
+    lock = RunLock(run_dir).acquire() if rank_zero else None
+    try:
+        with torch.device("meta"):
+            n_params = build_model(recipe.model).num_params()
+        ckpt_dir = run_dir / C.CHECKPOINT_DIR
+        if rank_zero:
+            # temp files (or sharded temp dirs) of a process killed while writing a checkpoint: never
+            # complete, never read; a sharded swap cut between its two renames is finished first
+            recover_interrupted_saves(ckpt_dir)
+            for stale in ckpt_dir.glob(".*.tmp*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink(missing_ok=True)
+        resume_from, resume_step = pick_checkpoint(ckpt_dir, move_aside=rank_zero)
+        total_steps = recipe.train.total_steps(recipe.model.block_size)
+        if rank_zero:
+            record = dict(as_dict)
+            record[C.RUN_META_KEY] = {
+                "mosaics_lab": __version__,
+                "torch": str(torch.__version__),
+                "lightning": L.__version__,
+                "git_sha": git_sha(),
+                "params": n_params,
+                "total_steps": total_steps,
+                "resumed_from_step": resume_step,
+            }
+            atomic_write_text(recipe_path, yaml.safe_dump(record, sort_keys=False))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return RunPlan(recipe, run_dir, resume_from, resume_step, total_steps, n_params, lock)
 
 
 def resolve_precision(recipe: Recipe) -> str:
@@ -223,13 +300,14 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, recipe.log.every_n_steps)))
     # Lightning logs the k-th optimiser step (0-based) as step k, so a run resumed from a checkpoint
     # taken after N steps logs again from step N: anything the interrupted process logged there goes.
-    purge = plan.resume_step
+    # With no checkpoint the run starts again at step 0, and so do its curves.
+    start_step = plan.resume_step or 0
     loggers = [
         TensorBoardLogger(
-            save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge
+            save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=start_step
         ),
         # Only rank zero rewrites metrics.jsonl on resume (its log_metrics is rank-zero already).
-        JsonlLogger(run_dir, resume_step=plan.resume_step if _is_rank_zero() else None),
+        JsonlLogger(run_dir, resume_step=start_step if _is_rank_zero() else None),
     ]
     return L.Trainer(
         accelerator=recipe.dist.accelerator,
@@ -257,13 +335,20 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
 def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
     """Train (or resume) the run of ``recipe``; returns its run directory."""
     plan = plan_run(recipe)
-    L.seed_everything(plan.recipe.seed, workers=True, verbose=False)
-    module = LanguageModelModule(plan.recipe, plan.total_steps)
-    data = LMDataModule(
-        plan.recipe.data, plan.recipe.model.block_size, plan.recipe.train.micro_batch_size, plan.recipe.seed
-    )
-    trainer = build_trainer(plan, callbacks)
-    # Our own checkpoint (it holds RNG states and the recipe, which weights_only loading refuses).
-    ckpt_path = str(plan.resume_from) if plan.resume_from else None
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
+    try:
+        L.seed_everything(plan.recipe.seed, workers=True, verbose=False)
+        module = LanguageModelModule(plan.recipe, plan.total_steps)
+        data = LMDataModule(
+            plan.recipe.data,
+            plan.recipe.model.block_size,
+            plan.recipe.train.micro_batch_size,
+            plan.recipe.seed,
+        )
+        trainer = build_trainer(plan, callbacks)
+        # Weights-only: our checkpoints hold tensors and plain containers only, and never run code.
+        ckpt_path = str(plan.resume_from) if plan.resume_from else None
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        if plan.lock is not None:
+            plan.lock.release()
     return plan.run_dir
