@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -24,6 +25,38 @@ class RecipeError(ValueError):
     """A recipe that cannot be used as written; the message says what to change."""
 
 
+# `${key.path}` (another recipe value) is allowed; `${resolver:...}` is not: oc.env reads the
+# environment, oc.create / oc.decode build values from strings, and a custom resolver runs code. A
+# recipe (or sweep file) must say what it runs, and what ran is in the run's recipe.yaml.
+_RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.\-]*\s*:")
+
+
+def find_resolver(cfg: DictConfig | Any, prefix: str = "") -> tuple[str, str] | None:
+    """(key, raw value) of the first value that calls an OmegaConf resolver, or None. Not resolved."""
+    raw = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    if isinstance(raw, dict):
+        items = ((f"{prefix}{k}", v) for k, v in raw.items())
+    elif isinstance(raw, list):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(raw))
+    else:
+        return (prefix, raw) if isinstance(raw, str) and _RESOLVER_CALL.search(raw) else None
+    for key, value in items:
+        found = find_resolver(value, key + "." if isinstance(value, dict) else key)
+        if found is not None:
+            return (found[0].rstrip("."), found[1])
+    return None
+
+
+def refuse_resolvers(cfg: DictConfig, source: str) -> None:
+    found = find_resolver(cfg)
+    if found is not None:
+        key, value = found
+        raise RecipeError(
+            f"{source}: {key!r} = {value!r} calls an OmegaConf resolver; only plain interpolations of "
+            "other keys (${section.key}) are allowed. Write the value itself."
+        )
+
+
 def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -33,6 +66,7 @@ def _read_yaml(path: Path) -> DictConfig:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(cfg, DictConfig):
         raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(cfg).__name__}")
+    refuse_resolvers(cfg, str(path))
     return cfg
 
 
@@ -114,9 +148,11 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         if "=" not in item:
             raise RecipeError(f"override {item!r} must look like key.path=value (e.g. train.max_steps=200)")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        dotlist = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"command line: cannot parse overrides {list(overrides)}: {exc}") from exc
+    refuse_resolvers(dotlist, "command line")
+    return dotlist
 
 
 def load_recipe_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -153,7 +189,21 @@ def to_recipe(cfg: DictConfig, source: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Load ``path`` (with its ``base:`` chain) and apply ``a.b=c`` overrides; validate everything."""
     cfg = load_recipe_config(path, overrides)
-    return to_recipe(cfg, source=str(path))
+    try:
+        return to_recipe(cfg, source=str(path))
+    except RecipeError as exc:
+        # A value's check failed: blame the command line when the message names an overridden key.
+        detail = str(exc).removeprefix(f"{path}: ")
+        keyed = [(item.split("=", 1)[0].strip(), item) for item in overrides]
+        starts = [item for key, item in keyed if detail.startswith(f"{key} ")]
+        named = [
+            item
+            for key, item in keyed
+            if "." in key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", detail)
+        ]
+        if starts or named:
+            raise RecipeError(f"command line {(starts or named)[0]!r}: {detail}") from exc
+        raise
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -182,8 +232,10 @@ def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
     if arch not in MODEL_TABLE:
         raise RecipeError(f"{source}: unknown model.arch {arch!r}")
     schema = schema_for(arch)
+    given = OmegaConf.create(d)
+    refuse_resolvers(given, source)  # a checkpoint's recipe is data from a file, like a recipe
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.create(d))
+        merged = OmegaConf.merge(schema, given)
     except OmegaConfBaseException as exc:
         raise _explain(exc, schema, source) from exc
     return to_recipe(merged, source)

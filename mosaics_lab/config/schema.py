@@ -64,8 +64,17 @@ class TrainConfig:
                 f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
                 f"train.micro_batch_size ({self.micro_batch_size}); accumulation is derived from them"
             )
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(
+                f"train.grad_clip must be a finite number >= 0 (0 disables), got {self.grad_clip}"
+            )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
@@ -133,6 +142,18 @@ class LogConfig:
     def __post_init__(self) -> None:
         if self.every_n_steps < 1 or self.checkpoint_every_n_steps < 1:
             raise ValueError("log.every_n_steps and log.checkpoint_every_n_steps must be >= 1")
+        if self.run_id is not None:
+            check_path_component("log.run_id", self.run_id)
+
+
+def check_path_component(key: str, value: str) -> None:
+    """A recipe value that names one folder under ``log.root``: no separator, no ``..``, not absolute,
+    so a run dir never lands outside ``<root>/<name>/``."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(
+            f"{key} must be a plain folder name (no '/', '\\', '..' or absolute path), got {value!r}; "
+            "use log.run_dir to put a run in an explicit directory"
+        )
 
 
 @dataclass
@@ -147,7 +168,6 @@ class Recipe:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty string without '/', got {self.name!r}")
+        check_path_component("name", self.name)
         if (self.train.max_steps is None) == (self.train.max_tokens is None):
             raise ValueError("set exactly one of train.max_steps and train.max_tokens")

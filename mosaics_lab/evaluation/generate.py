@@ -10,6 +10,7 @@ Shape letters: B batch, T sequence length, V vocabulary.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -62,6 +63,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1 (1 is greedy), got {args.top_k}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}")
     recipe, model = load_trained(args.run, which=args.which)
     tokenizer = load_tokenizer(recipe.data.path)
     ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]

@@ -191,6 +191,12 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         raise SweepError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, DictConfig):
         raise SweepError(f"{path}: a sweep file must be a mapping of keys, got {type(raw).__name__}")
+    from mosaics_lab.config.loader import RecipeError, refuse_resolvers
+
+    try:
+        refuse_resolvers(raw, str(path))  # the same rule as recipes: no ${resolver:...}
+    except RecipeError as exc:
+        raise SweepError(str(exc)) from exc
     try:
         merged = OmegaConf.merge(_schema(), raw)
     except OmegaConfBaseException as exc:
