@@ -6,6 +6,13 @@ learned sharpness; the query at position t is the key of position t itself (no W
 no positional encoding anywhere. Keys summarise the past (a leaky average), values peek one token
 into the future, so a query sees only the pairs strictly before it. See MODELS.md section 1.
 
+Equal to the authors' nanoMosaics `mosaic_model.py` by default (tested against an independent
+statement of their equations in float64): the persistent memory's bandwidth is exp(min(2 * 10 phi',
+c_max)), dropout acts on the memories' attention weights, norms are guarded by eps 1e-10, and
+`bias: true` puts biases on every projection and LayerNorm. With a document mask (`doc_ids`), the
+leaky averages restart at each document, the contextual memory reads only pairs of the query's own
+document and a value never peeks across a document's end; the persistent memory is unchanged.
+
 Shape letters: B batch, T sequence length, C channels (n_embd), H heads, D head size (C / H),
 P persistent banks, S pairs per bank, V vocabulary.
 """
@@ -29,16 +36,15 @@ from mosaics_lab.models.base import (
     scaled_residual_init_,
     swiglu_hidden,
 )
-from mosaics_lab.ops import kernel_regression, leaky_average
+from mosaics_lab.ops import Documents, as_documents, kernel_regression, leaky_average
+from mosaics_lab.ops.kernel_regression import at_least_float32
 
 PERSISTENT_KINDS = ("pmem", "mlp", "swiglu")
+MEMORY_DROPOUTS = ("weights", "retrieval")
 
 # A GPT-2 block has 12 d^2 parameters; the contextual memory has 3 d^2 and the persistent memory
 # 2 d^2 (key extractor, c_proj) + 2 P S d (banks), so P S = 3.5 d matches it.
 PMEM_PAIRS_PER_CHANNEL = 3.5
-
-# Added to norms before dividing, as the key extractor's leaky_average does.
-_NORM_EPS = 1e-6
 
 
 @dataclass
@@ -49,13 +55,21 @@ class MosaicV1Config(ModelConfig):
     # 12 d^2 parameters (2688 for d 768). Only for persistent: pmem.
     pmem_size: Optional[int] = None
     pmem_count: int = 1  # P banks; the persistent memory averages their retrievals
-    key_scale_max: float = math.log(65535)  # c_max: key scale s = exp(min(10 phi, c_max))
-    # Dropout on the contextual memory's retrieval (per head, before c_proj). kernel_regression takes
-    # no dropout on its weights, so it acts on the output. None = model.dropout.
+    # c_max: key scale s = exp(min(10 phi, c_max)) in the contextual memory; the persistent memory's
+    # query carries the whole bandwidth exp(min(2 * 10 phi', c_max)) (the authors' clamp).
+    key_scale_max: float = math.log(65535)
+    # Dropout in the memories, None = model.dropout. Where it acts (memory_dropout):
+    #   weights: on the attention weights of the contextual and the persistent memory (the authors');
+    #   retrieval: on the contextual memory's retrieved output only, per head before c_proj (earlier
+    #   mosaics-lab behaviour, kept for comparisons).
     ic_dropout: Optional[float] = None
+    memory_dropout: str = "weights"
     # Dropout on the embedding and on every residual branch (after c_proj). None = model.dropout.
     hd_dropout: Optional[float] = None
-    bias: bool = False  # LayerNorm bias (and the MLP/SwiGLU biases for persistent: mlp)
+    # Biases on the LayerNorms and on every projection (keys, values, outputs, MLP), as the authors'
+    # `bias: true`; False: no bias anywhere.
+    bias: bool = False
+    norm_eps: float = 1e-10  # guards the key and value normalisations (the authors' 1e-10)
     tie_embeddings: bool = True
     d_ff: Optional[int] = None  # hidden width for persistent: mlp (None = 4d) | swiglu (None = Llama's)
 
@@ -80,6 +94,13 @@ class MosaicV1Config(ModelConfig):
             raise ValueError(f"model.pmem_count must be >= 1, got {self.pmem_count}")
         if self.key_scale_max <= 0:
             raise ValueError(f"model.key_scale_max must be > 0, got {self.key_scale_max}")
+        if self.memory_dropout not in MEMORY_DROPOUTS:
+            raise ValueError(
+                f"model.memory_dropout must be one of {', '.join(MEMORY_DROPOUTS)}, "
+                f"got {self.memory_dropout!r}"
+            )
+        if self.norm_eps <= 0:
+            raise ValueError(f"model.norm_eps must be > 0, got {self.norm_eps}")
         for name in ("ic_dropout", "hd_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -111,13 +132,18 @@ def _per_head(p: torch.Tensor) -> torch.Tensor:
 
 
 class KeyExtractor(nn.Module):
-    """k_t = s_h * normalise(leaky average of W_k x over the past, one constant decay per head)."""
+    """k_t = s_h * normalise(leaky average of W_k x over the past, one constant decay per head).
 
-    def __init__(self, config: MosaicV1Config) -> None:
+    `scale_power` 2 gives the persistent memory's query, exp(min(2 * 10 phi, c_max)): the clamp
+    bounds the squared scale, as in the authors' code (not exp(min(10 phi, c_max))^2)."""
+
+    def __init__(self, config: MosaicV1Config, scale_power: int = 1) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.key_scale_max = config.key_scale_max
-        self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.scale_power = scale_power
+        self.eps = config.norm_eps
+        self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         # log_decay = -10 |theta|: head 0 (theta 0.05, decay e^-0.5) remembers long, the last head
         # (theta 0.5, decay e^-5) almost only the current token.
         self.theta = nn.Parameter(torch.linspace(0.5, 5.0, config.n_head) / 10)
@@ -127,13 +153,17 @@ class KeyExtractor(nn.Module):
         return -10 * self.theta.abs()  # (H,)
 
     def scale(self) -> torch.Tensor:
-        """s_h (H,); the bandwidth of a memory whose query and keys both carry it is s_h^2."""
-        return torch.exp(torch.clamp(10 * self.phi, max=self.key_scale_max))
+        """exp(min(scale_power * 10 phi_h, c_max)), (H,). Contextual memory (power 1): s_h, carried by
+        the query and the keys alike, so the bandwidth is s_h^2. Persistent memory (power 2): the
+        whole bandwidth, carried by the query alone."""
+        return torch.exp(torch.clamp(self.scale_power * 10 * self.phi, max=self.key_scale_max))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         B, T, C = x.shape
         k = self.c_k(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
-        k = leaky_average(k, self.log_decay().view(1, -1, 1))  # unit norm, (B, H, T, D)
+        # Unit norm, (B, H, T, D). With a gate of 1 and a constant decay the largest log weight of
+        # every row is 0, so eps acts on the plain ||kbar|| exactly as in the authors' code.
+        k = leaky_average(k, self.log_decay().view(1, -1, 1), doc_ids=docs, eps=self.eps)
         return _per_head(self.scale()) * k
 
 
@@ -144,18 +174,22 @@ class ValueExtractor(nn.Module):
     def __init__(self, config: MosaicV1Config) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.eps = config.norm_eps
+        self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.gamma = nn.Parameter(torch.rand(config.n_head))  # U(0, 1), left unconstrained in training
         self.psi = nn.Parameter(torch.full((config.n_head,), -0.05))  # a_h = exp(10 psi) ~ 0.61 at init
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         B, T, C = x.shape
         v = self.c_v(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
         # vtilde_{t+1}, with vtilde_{T+1} = 0: shift time left by one and pad the end.
         v_next = F.pad(v[:, :, 1:], (0, 0, 0, 1))  # (B, H, T, D)
+        if docs is not None:
+            # A document's last value does not peek into the next document: vtilde_{end+1} = 0.
+            v_next = v_next.masked_fill(docs.ends[:, None, :, None], 0.0)
         gamma = _per_head(self.gamma)
         v = gamma * v + (1 - gamma) * v_next
-        v = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + _NORM_EPS)
+        v = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + self.eps)
         return _per_head(torch.exp(10 * self.psi)) * v
 
 
@@ -168,16 +202,25 @@ class ContextualMemory(nn.Module):
         super().__init__()
         self.key = KeyExtractor(config)
         self.value = ValueExtractor(config)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.ic_dropout = nn.Dropout(config.ic_p)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        on_weights = config.memory_dropout == "weights"
+        self.weight_dropout = config.ic_p if on_weights else 0.0
+        self.retrieval_dropout = nn.Dropout(0.0 if on_weights else config.ic_p)
         self.resid_dropout = nn.Dropout(config.hd_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         B, T, C = x.shape
-        k = self.key(x)  # (B, H, T, D), norm s_h
+        k = self.key(x, docs)  # (B, H, T, D), norm s_h
         # Symmetric kernel: the query is the key, so q . k_i = s_h^2 cos(k_t, k_i), bandwidth s_h^2.
-        y = kernel_regression(k, k, self.value(x), min_lag=1)  # (B, H, T, D)
-        y = self.ic_dropout(y)
+        y = kernel_regression(
+            k,
+            k,
+            self.value(x, docs),
+            min_lag=1,
+            doc_ids=docs,
+            dropout_p=self.weight_dropout if self.training else 0.0,
+        )  # (B, H, T, D)
+        y = self.retrieval_dropout(y)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -192,19 +235,21 @@ class PersistentMemory(nn.Module):
     def __init__(self, config: MosaicV1Config) -> None:
         super().__init__()
         H, D, P, S = config.n_head, config.head_size, config.pmem_count, config.pairs
-        self.key = KeyExtractor(config)
+        self.key = KeyExtractor(config, scale_power=2)
         # Banks are 4-D, so optim_groups decays them like weight matrices.
         self.bank_k = nn.Parameter(torch.randn(H, P, S, D) / math.sqrt(D))
         self.bank_v = nn.Parameter(torch.randn(H, P, S, D) / math.sqrt(D))
         self.psi = nn.Parameter(torch.full((H,), -0.05))  # output scale exp(10 psi), as the values'
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.weight_dropout = config.ic_p if config.memory_dropout == "weights" else 0.0
         self.resid_dropout = nn.Dropout(config.hd_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         B, T, C = x.shape
         H, P, S, D = self.bank_k.shape
-        # The stored keys carry no scale of their own, so the query carries the whole bandwidth s'^2.
-        q = _per_head(self.key.scale()) * self.key(x)  # (B, H, T, D), norm s'^2
+        # The stored keys carry no scale of their own, so the query carries the whole bandwidth
+        # exp(min(2 * 10 phi', c_max)). Its leaky average restarts at document starts like any key's.
+        q = self.key(x, docs)  # (B, H, T, D)
         # Every position queries the same pairs with no mask, so batch and time are one axis of
         # B T queries (one large product instead of B small ones), and each bank is a separate
         # softmax, i.e. a head of its own.
@@ -214,14 +259,20 @@ class PersistentMemory(nn.Module):
         bank_v = self.bank_v.view(1, H * P, S, D)
         # float32 logits whatever the autocast dtype: q . K reaches s'^2 |K| (up to ~1e9).
         with torch.autocast(x.device.type, enabled=False):
-            z = F.scaled_dot_product_attention(q.float(), bank_k.float(), bank_v.float(), scale=1.0)
+            z = F.scaled_dot_product_attention(
+                at_least_float32(q),
+                at_least_float32(bank_k),
+                at_least_float32(bank_v),
+                scale=1.0,
+                dropout_p=self.weight_dropout if self.training else 0.0,
+            )
         z = z.to(x.dtype).view(H, P, B, T, D).mean(1)  # (1, HP, BT, D) -> (H, B, T, D), mean over banks
         z = torch.exp(10 * self.psi).view(H, 1, 1, 1) * z
         z = z.permute(1, 2, 0, 3).reshape(B, T, C)  # (H, B, T, D) -> (B, T, H, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(z))
 
     def bandwidths(self) -> torch.Tensor:
-        return self.key.scale() ** 2  # (H,)
+        return self.key.scale()  # (H,): the query carries the whole bandwidth
 
 
 class MLP(nn.Module):
@@ -234,7 +285,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.hd_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
@@ -249,7 +300,7 @@ class SwiGLU(nn.Module):
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=False)
         self.dropout = nn.Dropout(config.hd_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         return self.dropout(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
 
 
@@ -264,9 +315,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.pmem = PERSISTENT[config.persistent](config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.cmem(self.ln_1(x))
-        return x + self.pmem(self.ln_2(x))
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
+        x = x + self.cmem(self.ln_1(x), docs)
+        return x + self.pmem(self.ln_2(x), docs)
 
 
 class MosaicV1(LanguageModel):
@@ -285,10 +336,12 @@ class MosaicV1(LanguageModel):
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx: (B, T) token ids; doc_ids: (B, T) document ids or None (one document per row)."""
+        docs = None if doc_ids is None else as_documents(doc_ids, *idx.shape)
         x = self.drop(self.wte(idx))  # (B, T, C); any T: nothing here depends on block_size
         for block in self.blocks:
-            x = block(x)
+            x = block(x, docs)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     @torch.no_grad()

@@ -17,6 +17,10 @@ long-term memories differ only in which pairs a query sees (1-indexed positions)
     STM      1 <= t - i <= h - 1           min(t - 1, h - 1)    (h pairs with stm_inclusive)
     LTM      t - i >= m                    max(0, t - m)        (m random in training)
 
+With a document mask (`doc_ids`), positions count from each document's start: the leaky averages
+restart there, a query sees only pairs of its own document, n(t) counts only those, and a value never
+peeks across a document's end. The persistent memory is unchanged.
+
 Every choice the papers leave open, or that an ablation sweep toggles, is a field of
 `MosaicV2Config` whose default is the paper's choice.
 
@@ -36,7 +40,7 @@ from torch import nn
 
 from mosaics_lab.constants import memory_tag
 from mosaics_lab.models.base import LanguageModel, ModelConfig, gathered, swiglu_hidden
-from mosaics_lab.ops import kernel_regression, leaky_average
+from mosaics_lab.ops import Documents, as_documents, kernel_regression, leaky_average
 
 MEMORIES = ("stm+ltm", "stm_only", "ltm_only")
 PERSISTENT = ("swiglu", "pmem", "none")
@@ -76,8 +80,8 @@ class MosaicV2Config(ModelConfig):
     value_peek: str = "learned"
     stm_window: int = 256  # h
     stm_inclusive: bool = False  # False: the STM holds h - 1 pairs (lags 1..h-1); True: h (lags 1..h)
-    # LTM delay m during training: [lo, hi] = uniform integer in lo..hi drawn once per forward from
-    # torch's global RNG (stochastic m is what lets the model extrapolate); [m] = fixed.
+    # LTM delay m during training: [lo, hi] = uniform integer in lo..hi drawn once per optimiser step
+    # (stochastic m is what lets the model extrapolate); [m] = fixed. See MosaicV2.begin_step.
     ltm_delay_train: list[int] = field(default_factory=lambda: [64, 256])
     ltm_delay_eval: int = 64  # m in eval mode
     # Bandwidth schedules, separately for each contextual memory.
@@ -161,12 +165,18 @@ class MosaicV2Config(ModelConfig):
         return max(1, round(1.5 * self.hidden - self.n_embd))
 
 
-def pairs_held(T: int, min_lag: int, max_lag: Optional[int], device: torch.device) -> torch.Tensor:
+def pairs_held(
+    T: int, min_lag: int, max_lag: Optional[int], device: torch.device, docs: Optional[Documents] = None
+) -> torch.Tensor:
     """n(t) for t = 1..T: how many pairs i with min_lag <= t - i <= max_lag exist, i.e. how many the
-    memory holds for that query after all masks. (T,) float32.
+    memory holds for that query after all masks. (T,) float32, or (B, T) with a document mask, where
+    t counts from the query's document start (only same-document pairs are visible).
 
     STM (lags 1..h-1): min(t - 1, h - 1). LTM (lags >= m): max(0, t - m)."""
-    t = torch.arange(1, T + 1, device=device, dtype=torch.float32)
+    if docs is None:
+        t = torch.arange(1, T + 1, device=device, dtype=torch.float32)
+    else:
+        t = docs.positions.to(torch.float32) + 1  # (B, T), 1-indexed inside the document
     n = (t - min_lag).clamp(min=0)  # pairs 1 .. t - min_lag
     if max_lag is not None:
         n = n.clamp(max=max_lag - min_lag + 1)  # at most the window's width
@@ -205,11 +215,12 @@ class AdaptiveBandwidth(nn.Module):
         return self.frozen_alpha if self.th_a is None else self.th_a.abs().clamp(max=1.0)
 
     def forward(self, n: torch.Tensor) -> torch.Tensor:
-        """n: (T,) pairs held by each query -> beta: (H, T) float32."""
+        """n: (T,) or (B, T) pairs held by each query -> beta: (H, T) or (B, H, T) float32."""
         alpha = self.alpha().float().unsqueeze(-1)  # (H, 1)
+        n = n.unsqueeze(-2)  # (..., 1, T)
         # 0^alpha is 0, but its derivative in alpha is 0 * log 0 = NaN; rows with n = 0 see no pair
         # and output 0 whatever beta, so only the gradient needs the guard.
-        grown = torch.where(n > 0, n.clamp(min=1.0) ** alpha, 0.0)  # (H, T)
+        grown = torch.where(n > 0, n.clamp(min=1.0) ** alpha, 0.0)  # (..., H, T)
         return self.beta1().float().unsqueeze(-1) * grown + self.beta0().float().unsqueeze(-1)
 
     def diagnostics(self, prefix: str, n_ref: int, per_head: bool) -> dict[str, float]:
@@ -236,8 +247,9 @@ class FixedBandwidth(nn.Module):
         return torch.exp((10.0 * self.phi).clamp(max=_MAX_LOG_KEY_SCALE)) ** 2
 
     def forward(self, n: torch.Tensor) -> torch.Tensor:
-        """n: (T,) -> beta: (H, T) float32, constant in n."""
-        return self.per_head().float().unsqueeze(-1).expand(-1, n.shape[0])
+        """n: (T,) or (B, T) -> beta: (H, T) or (B, H, T) float32, constant in n."""
+        beta = self.per_head().float().unsqueeze(-1)  # (H, 1)
+        return beta.expand(*n.shape[:-1], -1, n.shape[-1])
 
     def diagnostics(self, prefix: str, n_ref: int, per_head: bool) -> dict[str, float]:
         with torch.no_grad():
@@ -274,8 +286,8 @@ class KeyExtractor(nn.Module):
         constant = kind in ("gate_only", "leaky")
         self.theta = nn.Parameter(torch.linspace(0.5, 5.0, H) / 10.0) if constant else None
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u: (B, T, C) -> unit-norm keys k: (B, H, T, D) float32."""
+    def forward(self, u: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
+        """u: (B, T, C) -> unit-norm keys k: (B, H, T, D) float32; the average restarts at documents."""
         B, T, C = u.shape
         H, D = self.n_head, self.head_size
         x = self.phi(u).view(B, T, H, D).transpose(1, 2).float()  # (B, H, T, D)
@@ -300,7 +312,7 @@ class KeyExtractor(nn.Module):
         # The projections above may run in bf16 under autocast; the recurrence stays float32 (the op's
         # contract), so autocast must not turn its matmuls back into bf16.
         with torch.autocast(u.device.type, enabled=False):
-            return leaky_average(x, log_decay, log_gate)
+            return leaky_average(x, log_decay, log_gate, doc_ids=docs)
 
 
 class ValueExtractor(nn.Module):
@@ -318,11 +330,14 @@ class ValueExtractor(nn.Module):
         self.gamma = nn.Parameter(torch.rand(H)) if config.value_peek == "learned" else None
         self.theta = nn.Parameter(torch.zeros(H))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         """u: (B, T, C) -> values v: (B, H, T, D) float32, norm a_h."""
         B, T, C = u.shape
         v = self.psi(u).view(B, T, self.n_head, self.head_size).transpose(1, 2).float()  # (B, H, T, D)
         following = F.pad(v[:, :, 1:], (0, 0, 0, 1))  # W_psi x_{t+1}, zero after the last step
+        if docs is not None:
+            # and after a document's last step: a value never peeks into the next document.
+            following = following.masked_fill(docs.ends[:, None, :, None], 0.0)
         if self.peek == "learned":
             gamma = self.gamma.float().view(-1, 1, 1)  # (H, 1, 1)
             vbar = gamma * v + (1.0 - gamma) * following
@@ -347,24 +362,31 @@ class ContextualMemory(nn.Module):
         self.bandwidth = bandwidth
 
     def retrieve(
-        self, k: torch.Tensor, v: torch.Tensor, min_lag: int, max_lag: Optional[int]
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        min_lag: int,
+        max_lag: Optional[int],
+        docs: Optional[Documents] = None,
     ) -> torch.Tensor:
         """Kernel regression with this memory's bandwidth. k, v: (B, H, T, D) -> y: (B, H, T, D).
 
         q_t = beta(n_t) * k_t with n_t the pairs query t sees; rows with n = 0 come out 0."""
         T = k.shape[-2]
-        beta = self.bandwidth(pairs_held(T, min_lag, max_lag, k.device))  # (H, T)
+        beta = self.bandwidth(pairs_held(T, min_lag, max_lag, k.device, docs))  # (H, T) or (B, H, T)
         # q . k reaches beta, 1e4 and more, where a bf16 q or k would put errors of beta * 4e-3 into the
         # logits: float32 inputs, and no autocast to turn the op's matmuls back into bf16.
         k, v = k.float(), v.float()
         q = beta.unsqueeze(-1) * k  # (B, H, T, D)
         with torch.autocast(k.device.type, enabled=False):
-            return kernel_regression(q, k, v, min_lag=min_lag, max_lag=max_lag)
+            return kernel_regression(q, k, v, min_lag=min_lag, max_lag=max_lag, doc_ids=docs)
 
-    def read(self, u: torch.Tensor, min_lag: int, max_lag: Optional[int]) -> torch.Tensor:
+    def read(
+        self, u: torch.Tensor, min_lag: int, max_lag: Optional[int], docs: Optional[Documents] = None
+    ) -> torch.Tensor:
         """u: (B, T, C) -> the memory's output for every query, heads concatenated: (B, T, C)."""
         B, T, C = u.shape
-        y = self.retrieve(self.key(u), self.value(u), min_lag, max_lag)  # (B, H, T, D)
+        y = self.retrieve(self.key(u, docs), self.value(u, docs), min_lag, max_lag, docs)  # (B, H, T, D)
         return y.transpose(1, 2).reshape(B, T, C).to(u.dtype)
 
 
@@ -385,9 +407,9 @@ class ShortTermMemory(ContextualMemory):
         """n at which diagnostics report beta: a full window."""
         return self.max_lag
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
-        return self.read(u, *self.lags())
+        return self.read(u, *self.lags(), docs)
 
 
 class LongTermMemory(ContextualMemory):
@@ -407,9 +429,9 @@ class LongTermMemory(ContextualMemory):
         """n at which diagnostics report beta: the last query of a training-length sequence at eval."""
         return self.n_ref
 
-    def forward(self, u: torch.Tensor, delay: int) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, delay: int, docs: Optional[Documents] = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
-        return self.read(u, *self.lags(delay))
+        return self.read(u, *self.lags(delay), docs)
 
 
 class PersistentMemory(nn.Module):
@@ -422,8 +444,8 @@ class PersistentMemory(nn.Module):
         self.w2 = nn.Linear(config.hidden, config.n_embd, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C)"""
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); no sequence mixing, so documents change nothing."""
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
@@ -445,11 +467,11 @@ class PersistentMemoryBank(nn.Module):
         self.c_proj = nn.Linear(C, C, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C)"""
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); the query's leaky average restarts at documents."""
         B, T, C = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            q = self.bandwidth.per_head().float().view(-1, 1, 1) * self.key(x)  # (B, H, T, D)
+            q = self.bandwidth.per_head().float().view(-1, 1, 1) * self.key(x, docs)  # (B, H, T, D)
             K = self.bank_keys.float().expand(B, -1, -1, -1)  # (B, H, S, D)
             V = self.bank_values.float().expand(B, -1, -1, -1)
             z = F.scaled_dot_product_attention(q, K, V, scale=1.0)  # (B, H, T, D), no mask
@@ -459,9 +481,9 @@ class PersistentMemoryBank(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block; a drop-in for the llama block with `ltm_delay` (m, or None without an LTM)
-    passed in, so every layer of one forward uses the same m and activation checkpointing
-    recomputes with it."""
+    """Pre-norm block; a drop-in for the llama block (`forward(x, docs)`), with `ltm_delay` (m, or
+    None without an LTM) passed in, so every layer of one forward uses the same m and activation
+    checkpointing recomputes with it."""
 
     def __init__(self, config: MosaicV2Config) -> None:
         super().__init__()
@@ -480,18 +502,20 @@ class Block(nn.Module):
                 PersistentMemory(config) if config.persistent == "swiglu" else PersistentMemoryBank(config)
             )
 
-    def forward(self, x: torch.Tensor, ltm_delay: Optional[int]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, docs: Optional[Documents] = None, ltm_delay: Optional[int] = None
+    ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
         u = self.memory_norm(x)
         recalled = []
         if self.stm is not None:
-            recalled.append(self.stm(u))
+            recalled.append(self.stm(u, docs))
         if self.ltm is not None:
             assert ltm_delay is not None, "a block with a long-term memory needs the delay m"
-            recalled.append(self.ltm(u, ltm_delay))
+            recalled.append(self.ltm(u, ltm_delay, docs))
         x = x + self.resid_dropout(self.c_proj(torch.cat(recalled, dim=-1)))  # [STM; LTM]: (B, T, 2C)
         if self.ffn is not None:
-            x = x + self.ffn(self.ffn_norm(x))
+            x = x + self.ffn(self.ffn_norm(x), docs)
         return x
 
 
@@ -509,46 +533,64 @@ class MosaicV2(LanguageModel):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # The delay m of the latest forward (None without an LTM), for tests and diagnostics only:
-        # the blocks receive m as an argument and never read this.
-        self.last_ltm_delay: Optional[int] = None
+        # The LTM delay of the current optimiser step (set by begin_step), and the model's own
+        # generator for training forwards outside a trainer. Neither touches torch's global RNG.
+        self._step_delay: Optional[int] = None
+        self._delay_generator = torch.Generator().manual_seed(0)
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
 
     def _init_weights(self) -> None:
-        """Truncated normal at +-3 sigma. Embedding and classifier sigma = 1/sqrt(2C). Every linear map
-        of block l gets sigma = 1/sqrt(2 fan_in (l + 1)): memory maps and FFN inputs 1/sqrt(2C(l+1)),
-        FFN output 1/sqrt(2 d_ff (l+1)) (MODELS.md); W_o, whose fan-in is 2C, by the same rule.
+        """Truncated normal at +-3 sigma (MODELS.md 2). Embedding and classifier sigma = 1/sqrt(2C).
+        In block l, the SwiGLU's output map gets sigma = 1/sqrt(2 d_ff (l+1)); every other linear map
+        (memory maps, W_o: 2C -> C included, FFN inputs) sigma = 1/sqrt(2 C (l+1)).
         Per-head scalars and pmem banks keep the values their constructors give them."""
         C = self.config.n_embd
         _trunc_normal_(self.tok_embeddings.weight, 1.0 / math.sqrt(2 * C))
         _trunc_normal_(self.lm_head.weight, 1.0 / math.sqrt(2 * C))
         for layer, block in enumerate(self.blocks):
+            ffn_out = block.ffn.w2 if isinstance(block.ffn, PersistentMemory) else None
             for module in block.modules():
                 if isinstance(module, nn.Linear):
-                    _trunc_normal_(module.weight, 1.0 / math.sqrt(2 * module.in_features * (layer + 1)))
+                    width = self.config.hidden if module is ffn_out else C
+                    _trunc_normal_(module.weight, 1.0 / math.sqrt(2 * width * (layer + 1)))
 
     @property
     def has_ltm(self) -> bool:
         return self.config.memories != "stm_only"
 
+    def begin_step(self, step: int, seed: int = 0) -> None:
+        """Fix the training LTM delay m for optimiser step `step`: a pure function of (seed, step),
+        drawn from a generator of its own, so every micro-batch of the step and every rank get the
+        same m, torch's global RNG (dropout, data) is not consumed, and a resumed run, which restores
+        the step, draws the same m again."""
+        lo, hi = self.config.ltm_delay_train[0], self.config.ltm_delay_train[-1]
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+        self._step_delay = int(torch.randint(lo, hi + 1, (), generator=generator))
+
     def ltm_delay(self) -> Optional[int]:
-        """m for the next forward: drawn from torch's global RNG in training (seeding reproduces it),
-        ltm_delay_eval in eval mode, None without a long-term memory."""
+        """m for the next forward: None without a long-term memory, ltm_delay_eval in eval mode; in
+        training the fixed delay, or the current step's (begin_step), or, for a model trained outside
+        the trainer without begin_step, a fresh draw of the model's own generator per forward."""
         if not self.has_ltm:
             return None
         if not self.training:
             return self.config.ltm_delay_eval
         lo, hi = self.config.ltm_delay_train[0], self.config.ltm_delay_train[-1]
-        return lo if lo == hi else int(torch.randint(lo, hi + 1, ()).item())
+        if lo == hi:
+            return lo
+        if self._step_delay is not None:
+            return self._step_delay
+        return int(torch.randint(lo, hi + 1, (), generator=self._delay_generator))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx: (B, T) token ids; doc_ids: (B, T) document ids or None (one document per row)."""
+        docs = None if doc_ids is None else as_documents(doc_ids, *idx.shape)
         m = self.ltm_delay()
-        self.last_ltm_delay = m
         x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
         for block in self.blocks:
-            x = block(x, m)
+            x = block(x, docs, ltm_delay=m)
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def diagnostics(self) -> dict[str, float]:

@@ -4,10 +4,10 @@ Shapes: B batch, H heads, T time steps, D head dimension (Dv for values, normall
 
     y_t = sum_{i visible from t} softmax_i(q_t . k_i) v_i,   visible: min_lag <= t - i <= max_lag
 
-Scale 1 (the bandwidth is inside q); logits in float32; rows with no visible pair are exactly 0
-with zero (finite) gradients. With `doc_ids` (B, T), a query also sees only pairs of its own
-document. `dropout_p` drops softmax weights (the authors' dropout on the memory's attention
-weights), as SDPA's own dropout does; pass 0 outside training.
+Scale 1 (the bandwidth is inside q); logits in float32 (float64 for float64 inputs); rows with no
+visible pair are exactly 0 with zero (finite) gradients. With `doc_ids` (B, T), a query also sees
+only pairs of its own document. `dropout_p` drops softmax weights (the authors' dropout on the
+memory's attention weights), as SDPA's own dropout does; pass 0 outside training.
 
 The plain path first shifts time by min_lag: query t against key t - min_lag - j becomes query
 t' against key t' - j, j in [0, window], window = max_lag - min_lag (None = unbounded). After the
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from mosaics_lab.ops.documents import Documents, as_documents
 
-__all__ = ["kernel_regression", "kernel_regression_flex", "kernel_regression_reference"]
+__all__ = ["at_least_float32", "kernel_regression", "kernel_regression_flex", "kernel_regression_reference"]
 
 # Query rows per block on the banded path. Measured on 2 CPU cores (T 2k..8k, window 254,
 # fwd + bwd): 64 was best or within 5% of best; smaller blocks waste fewer masked logits but pay
@@ -85,6 +85,11 @@ def _check(
         raise ValueError(f"max_lag must be None or >= min_lag = {min_lag}, got {max_lag}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """t in float32, or as it is when it is already float32 or float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _documents(doc_ids: torch.Tensor | Documents | None, q: torch.Tensor) -> Documents | None:
@@ -171,8 +176,8 @@ def _plain_kernel_regression(
             return _no_visible_pairs(q, k, v)
         window = reach if window is None else min(window, reach)
         doc_q, doc_k = docs.ids[:, min_lag:], docs.ids[:, :seen]
-    # float32 logits whatever the input dtype: q . k can reach ~1e4..1e5 (q = beta * k).
-    q, k, v = q[..., min_lag:, :].float(), k[..., :seen, :].float(), v[..., :seen, :].float()
+    # float32 logits for any lower precision: q . k can reach ~1e4..1e5 (q = beta * k).
+    q, k, v = (at_least_float32(t) for t in (q[..., min_lag:, :], k[..., :seen, :], v[..., :seen, :]))
     if window is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, dropout_p=dropout_p)
     else:

@@ -34,9 +34,11 @@ from mosaics_lab.ops.documents import Documents, as_documents
 __all__ = ["leaky_average", "leaky_average_reference"]
 
 
-def _expand_log_coefficient(name: str, value: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+def _expand_log_coefficient(
+    name: str, value: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype
+) -> torch.Tensor:
     try:
-        return value.to(torch.float32).expand(shape)
+        return value.to(dtype).expand(shape)
     except RuntimeError as err:
         raise ValueError(
             f"{name} of shape {tuple(value.shape)} does not broadcast to (B, H, T) = {shape}"
@@ -46,7 +48,7 @@ def _expand_log_coefficient(name: str, value: torch.Tensor, shape: tuple[int, in
 def _scaled_leaky_sum(
     x: torch.Tensor, log_decay: torch.Tensor, log_gate: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (h, log_scale) with kbar_t = exp(log_scale_t) * h_t; all float32, log_scale detached.
+    """Return (h, log_scale) with kbar_t = exp(log_scale_t) * h_t; x's dtype, log_scale detached.
 
     x: (B, H, T, D); log_decay, log_gate: (B, H, T).
     """
@@ -105,7 +107,8 @@ def leaky_average(
     x: (B, H, T, D). log_decay: broadcastable to (B, H, T), values <= 0 (larger values are computed
     correctly too, but are not a decay). log_gate: broadcastable to (B, H, T), any real value, or
     None for a gate of 1. doc_ids: (B, T) integer document ids (or their `Documents`), or None for
-    one document; the state restarts at each document start. Computed in float32, returned in x's
+    one document; the state restarts at each document start. Computed in float32 (float64 for
+    float64 inputs), returned in x's
     dtype, shape (B, H, T, D). eps guards the division by the rescaled norm (module docstring).
     chunk_size: 32 was the fastest of 16/32/64/128 fwd + bwd on 2 CPU cores at T = 512..16k; the
     result does not depend on it beyond rounding.
@@ -116,11 +119,12 @@ def leaky_average(
         # Chunks of 1 would never shrink the chunk-end recurrence.
         raise ValueError(f"chunk_size must be >= 2, got {chunk_size}")
     B, H, T, D = x.shape
-    L = _expand_log_coefficient("log_decay", log_decay, (B, H, T))
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    L = _expand_log_coefficient("log_decay", log_decay, (B, H, T), dtype)
     G = (
-        x.new_zeros((), dtype=torch.float32).expand(B, H, T)
+        x.new_zeros((), dtype=dtype).expand(B, H, T)
         if log_gate is None
-        else _expand_log_coefficient("log_gate", log_gate, (B, H, T))
+        else _expand_log_coefficient("log_gate", log_gate, (B, H, T), dtype)
     )
     if T == 0:
         return x.clone()
@@ -130,7 +134,7 @@ def leaky_average(
         # meets finite numbers or itself in sums and maxima, so no NaN arises, and where() sends no
         # gradient into the replaced decays.
         L = torch.where(docs.starts.unsqueeze(1), float("-inf"), L)
-    h, _ = _scaled_leaky_sum(x.to(torch.float32), L, G, chunk_size)
+    h, _ = _scaled_leaky_sum(x.to(dtype), L, G, chunk_size)
     # kbar = exp(log_scale) * h: the scale cancels, eps guards the rescaled norm.
     k = h / (torch.linalg.vector_norm(h, dim=-1, keepdim=True) + eps)
     return k.to(x.dtype)

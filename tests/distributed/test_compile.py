@@ -61,11 +61,11 @@ def test_mosaic_v2_block_compiles_as_one_graph_and_the_random_delay_does_not_rec
     compiled = torch.compile(block, fullgraph=True)
     # The first new delay turns m into a dynamic int (one recompile); later values reuse that graph.
     for delay in (4, 9):
-        forward_backward(compiled, x, delay)
+        forward_backward(compiled, x, None, delay)  # (x, docs, ltm_delay)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for delay in (13, 24, 5):
-            got = forward_backward(compiled, x, delay)
-            want = forward_backward(block, x, delay)
+            got = forward_backward(compiled, x, None, delay)  # (x, docs, ltm_delay)
+            want = forward_backward(block, x, None, delay)
             for i, (c, e) in enumerate(zip(got, want)):
                 assert rel_err(c, e) < REL_TOL, f"delay {delay}, tensor {i}"
 
@@ -77,7 +77,7 @@ def test_checkpointed_then_compiled_block_matches_eager():
     torch._dynamo.reset()
     block = tiny("mosaic_v2", stm_window=16, ltm_delay_train=[8]).blocks[0]
     wrapped = checkpoint_wrapper(block, preserve_rng_state=True)
-    assert_compiled_matches_eager(wrapped, torch.randn(2, 96, 32), 8)
+    assert_compiled_matches_eager(wrapped, torch.randn(2, 96, 32), None, 8)
 
 
 @pytest.mark.parametrize("min_lag, max_lag", [(1, 15), (8, None)])

@@ -98,16 +98,21 @@ def test_key_scale_is_capped_at_key_scale_max():
     torch.testing.assert_close(keys.scale(), torch.full((4,), 65535.0))
 
 
-def test_persistent_memory_averages_per_bank_kernel_regression_with_query_scale_s_squared():
+def test_persistent_memory_averages_per_bank_kernel_regression_with_the_clamped_squared_scale():
     torch.manual_seed(0)
     B, T, C, H, P, S = 2, 7, 32, 4, 3, 5
     pmem = PersistentMemory(tiny(n_embd=C, n_head=H, pmem_count=P, pmem_size=S)).eval()
     with torch.no_grad():
-        pmem.key.phi.copy_(torch.tensor([0.0, 0.05, 0.1, 0.15]))
+        # 2 * 10 * 0.7 = 14 > c_max = ln 65535: the last head's bandwidth is clamped at 65535.
+        pmem.key.phi.copy_(torch.tensor([0.0, 0.05, 0.1, 0.7]))
         pmem.psi.copy_(torch.tensor([-0.1, 0.0, 0.05, 0.1]))
     x = torch.randn(B, T, C)
-    s = torch.exp(10 * pmem.key.phi.detach()).view(1, H, 1, 1)
-    q = s * pmem.key(x)  # the key extractor gives s * unit key; the query carries s^2
+    bandwidth = torch.exp(torch.clamp(20 * pmem.key.phi.detach(), max=math.log(65535))).view(1, H, 1, 1)
+    assert bandwidth[0, 3, 0, 0] == pytest.approx(65535.0)
+    unit = leaky_average_reference(
+        pmem.key.c_k(x).view(B, T, H, C // H).transpose(1, 2), pmem.key.log_decay().view(1, H, 1)
+    )
+    q = bandwidth * unit  # the query carries the whole bandwidth: the banks have no scale
     z = torch.zeros(B, H, T, C // H)
     for p in range(P):
         weights = torch.softmax(q @ pmem.bank_k[:, p].transpose(-1, -2), dim=-1)  # (B, H, T, S)
@@ -226,6 +231,8 @@ def test_diagnostics_report_one_positive_bandwidth_per_head_and_layer():
         ({"key_scale_max": 0.0}, "model.key_scale_max"),
         ({"ic_dropout": 1.0}, "model.ic_dropout"),
         ({"hd_dropout": -0.1}, "model.hd_dropout"),
+        ({"memory_dropout": "output"}, "model.memory_dropout"),
+        ({"norm_eps": 0.0}, "model.norm_eps"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(overrides, field):

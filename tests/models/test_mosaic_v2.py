@@ -272,12 +272,8 @@ def test_one_memory_ablation_is_the_full_model_without_the_other(memories, kept)
 
 def test_stm_only_draws_no_delay():
     model = build(memories="stm_only").train()
-    torch.manual_seed(3)
-    model(torch.randint(0, V, (1, T)))
-    after_forward = torch.randint(0, 10**6, ())
-    torch.manual_seed(3)
-    torch.randint(0, V, (1, T))
-    assert model.last_ltm_delay is None and torch.equal(after_forward, torch.randint(0, 10**6, ()))
+    model.begin_step(2)
+    assert model.ltm_delay() is None
 
 
 @pytest.mark.parametrize(
@@ -360,45 +356,85 @@ def test_persistent_memory_switch():
 # ---- the long-term memory's delay ----
 
 
-def test_ltm_delay_is_resampled_per_training_forward_reproducibly_and_fixed_at_eval():
+def test_ltm_delay_is_one_draw_per_optimiser_step_reproducible_and_fixed_at_eval():
     model = build(ltm_delay_train=[4, 12]).train()
-    idx = torch.randint(0, V, (1, T))
-
-    def draws(seed: int) -> list[int]:
-        torch.manual_seed(seed)
-        out = []
-        for _ in range(8):
-            model(idx)
-            out.append(model.last_ltm_delay)
-        return out
-
-    first = draws(1)
-    assert len(set(first)) > 1 and all(4 <= m <= 12 for m in first)
-    assert draws(1) == first
+    draws = []
+    for step in range(12):
+        model.begin_step(step, seed=5)
+        m = model.ltm_delay()
+        assert all(model.ltm_delay() == m for _ in range(3))  # every micro-batch of the step
+        draws.append(m)
+    assert len(set(draws)) > 1 and all(4 <= m <= 12 for m in draws)
+    # Another replica (rank, or a resumed run) draws the same m for the same (seed, step).
+    other = build(ltm_delay_train=[4, 12]).train()
+    for step in (0, 7, 11):
+        other.begin_step(step, seed=5)
+        assert other.ltm_delay() == draws[step]
+    other_seed = []
+    for step in range(12):
+        other.begin_step(step, seed=6)
+        other_seed.append(other.ltm_delay())
+    assert other_seed != draws  # the recipe seed changes the sequence
     model.eval()
-    with torch.no_grad():
-        for _ in range(3):
-            model(idx)
-            assert model.last_ltm_delay == DELAY_EVAL
+    assert model.ltm_delay() == DELAY_EVAL
+
+
+def test_drawing_the_delay_does_not_consume_the_global_rng():
+    # Dropout and data order use torch's global RNG; the delay must leave it alone.
+    for model in (build(ltm_delay_train=[4, 12]).train(), build(memories="stm_only").train()):
+        idx = torch.randint(0, V, (1, T))
+        torch.manual_seed(3)
+        model.begin_step(4, seed=1)
+        model(idx)
+        model._step_delay = None  # and outside a trainer: the model's own generator
+        model(idx)
+        after = torch.randint(0, 10**6, ())
+        torch.manual_seed(3)
+        assert torch.equal(after, torch.randint(0, 10**6, ()))
+
+
+def test_without_begin_step_training_forwards_draw_from_the_models_own_generator():
+    model = build(ltm_delay_train=[4, 12]).train()
+    draws = {model.ltm_delay() for _ in range(20)}
+    assert len(draws) > 1 and all(4 <= m <= 12 for m in draws)
 
 
 def test_a_single_element_delay_list_fixes_m_in_training():
     model = build(ltm_delay_train=[7]).train()
-    for _ in range(3):
-        model(torch.randint(0, V, (1, T)))
-        assert model.last_ltm_delay == 7
+    for step in range(3):
+        model.begin_step(step)
+        assert model.ltm_delay() == 7
 
 
-def test_the_training_forward_uses_the_delay_it_reports():
+def test_the_training_forward_uses_the_delay_of_its_step():
     model = build().train()
     idx = torch.randint(0, V, (2, T))
+    model.begin_step(3)
+    m = model.ltm_delay()
     with torch.no_grad():
         train_logits = model(idx)
-        model.config.ltm_delay_eval = model.last_ltm_delay
+        model.config.ltm_delay_eval = m
         model.eval()
         torch.testing.assert_close(model(idx), train_logits)
-        model.config.ltm_delay_eval = model.last_ltm_delay + 1
+        model.config.ltm_delay_eval = m + 1
         assert not torch.allclose(model(idx), train_logits, atol=1e-5)
+
+
+def test_init_scales_follow_models_md_including_w_o():
+    # sigma = 1/sqrt(2 C (l+1)) for memory maps, W_o (2C -> C) and FFN inputs; 1/sqrt(2 d_ff (l+1))
+    # for the FFN output. Truncation at 3 sigma shrinks the std by 1.3 %.
+    cfg = tiny(n_embd=128, n_head=4, n_layer=3)
+    model = build_model(cfg)
+    C, F_ = cfg.n_embd, cfg.hidden
+    for layer, block in enumerate(model.blocks):
+        for weight, width in (
+            (block.c_proj.weight, C),
+            (block.stm.key.phi.weight, C),
+            (block.ffn.w1.weight, C),
+            (block.ffn.w2.weight, F_),
+        ):
+            want = 0.9866 / math.sqrt(2 * width * (layer + 1))
+            assert weight.std().item() == pytest.approx(want, rel=0.05), (layer, tuple(weight.shape))
 
 
 # ---- diagnostics, optimiser groups, config errors ----
