@@ -144,13 +144,15 @@ class Trainee:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return lm_loss(self.model(self.x), self.y)
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
+        """One training step; returns the loss as a device tensor, so that timed steps never wait for
+        the device (reading it with float() would sync every step)."""
         loss = self.loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     def timed_steps(self, n: int) -> float:
         """Seconds for n steps (device synchronised)."""
@@ -256,9 +258,9 @@ def _gpu_peak_flops(device: torch.device) -> float | None:
 
 def _check_learns(trainee: Trainee) -> None:
     """A model that does not build, step or lower its loss on a repeated batch is not worth timing."""
-    first = trainee.step()
+    first = float(trainee.step())
     for _ in range(2):
-        last = trainee.step()
+        last = float(trainee.step())
     if not (torch.isfinite(torch.tensor([first, last])).all() and last < first):
         raise RuntimeError(f"{trainee.arch}: loss {first:.4f} -> {last:.4f} over 3 steps on one batch")
 
