@@ -1,4 +1,4 @@
-"""``mosaics-lab bench {ops,train,all} [--quick] [--device cpu|cuda] [--out bench/]``.
+"""``mosaics-lab bench {ops,train,all,gpu-check} [--quick] [--device cpu|cuda] [--out bench/]``.
 
 One command that builds, checks and times:
 1. check: on the chosen device, the fast ops (leaky average; kernel regression full and windowed,
@@ -8,6 +8,10 @@ One command that builds, checks and times:
    parameter-matched Transformer, interleaved; mosaic_v2 stm_only at growing T).
 3. report: Markdown tables on stdout, and `<out>/ops.json`, `<out>/train.json`,
    `<out>/stm_scaling.json`, each with the machine, versions, load and command it was measured with.
+
+`gpu-check` is the one command that proves the CUDA path (bench/gpu_check.py): correctness of the
+ops, compiled blocks, training, FSDP and syncs, plus throughput, MFU and stm_only scaling, in one
+table and `<out>/gpu_check.json`; it exits 1 on the first correctness failure.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("what", choices=("ops", "train", "all"), help="which benchmark")
+    p.add_argument(
+        "what",
+        choices=("ops", "train", "all", "gpu-check"),
+        help="which benchmark; gpu-check: prove the CUDA path (exit 1 on a correctness failure)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke run of ~1 minute")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--out", default="bench", help="directory for the JSON results (default bench/)")
@@ -47,6 +55,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="torch.compile each block, as dist.compile does (default: on for cuda, off for cpu)",
     )
+    p.add_argument(
+        "--parts",
+        default=None,
+        help="gpu-check only: comma-separated parts to run (ops,blocks,train,throughput,fsdp,stm,syncs)",
+    )
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="gpu-check only: run the later parts after a correctness failure (still exits 1)",
+    )
+    p.add_argument("--keep-work", action="store_true", help="gpu-check only: keep its scratch directory")
     p.set_defaults(func=run_bench)
 
 
@@ -145,6 +164,10 @@ def _write(out: Path, name: str, meta: dict[str, Any], rows: list[dict], **extra
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.what == "gpu-check":
+        from mosaics_lab.bench.gpu_check import run_gpu_check
+
+        return run_gpu_check(args)
     from mosaics_lab.bench.ops import bench_ops, format_table
     from mosaics_lab.bench.train import bench_pairs, bench_stm_scaling, format_pairs, format_scaling
 
