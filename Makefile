@@ -10,6 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/quickstart.yaml
 PYTEST_ARGS ?=
+DEVICE ?= cuda
+ARGS ?=
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -56,10 +58,13 @@ tensorboard: $(STAMP) ## serve runs/ on http://localhost:6006
 bench: $(STAMP) ## CPU benchmarks: ops and training throughput, table + bench/*.json
 	$(VENV)/bin/mosaics-lab bench all
 
+gpu-check: $(STAMP) ## prove the CUDA path on one GPU in <8 min: table + bench/gpu_check.json, exit 1 on a failure (CPU smoke: DEVICE=cpu ARGS=--quick)
+	$(VENV)/bin/mosaics-lab bench gpu-check --device $(DEVICE) $(ARGS)
+
 reproduce-icl: $(STAMP) ## train MM v1 / v2 / llama on MQAR + RegBench (CPU, <30 min), write reports/icl.md
 	$(PY) -m mosaics_lab.evaluation.reproduce
 
 clean: ## remove caches (keeps runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache lightning_logs
 
-.PHONY: help install train test test-full lint format tensorboard bench reproduce-icl clean test-postgres sweep-demo
+.PHONY: help install train test test-full lint format tensorboard bench gpu-check reproduce-icl clean test-postgres sweep-demo
