@@ -29,6 +29,10 @@ class DataConfig:
     tokenizer: str = "byte"  # tokenizer used when generating text: byte | bpe
     seed: int = 0  # generation seed (the same seed gives identical shards)
     num_workers: int = 0  # DataLoader workers
+    # Document mask: every memory (and a baseline's attention) sees only the positions of the same
+    # document, documents being the runs of tokens ended by <|eot|> (the v2 paper trains with it).
+    # Needs a dataset whose tokenizer has <|eot|>; off by default (the v1 paper trained without it).
+    document_mask: bool = False
 
     def __post_init__(self) -> None:
         if self.tokenizer not in ("byte", "bpe"):

@@ -86,6 +86,12 @@ class LMDataModule(L.LightningDataModule):
         self.manifest = read_manifest(self.path)
         self.vocab_size = int(self.manifest["vocab_size"])
         self.eot_id = self.manifest.get("eot_id")
+        if self.cfg.document_mask and self.eot_id is None:
+            raise DataError(
+                f"data.document_mask: true needs documents ended by <|eot|>, but the tokenizer of "
+                f"{self.path} has no <|eot|> (its manifest has no eot_id); set data.document_mask: false "
+                "or prepare the data with a tokenizer that has one (byte or bpe)"
+            )
         if self.manifest["format"] == FORMAT_EXAMPLES and self.manifest["seq_len"] > self.block_size:
             raise DataError(
                 f"{self.path} holds task examples of length {self.manifest['seq_len']}, longer than "

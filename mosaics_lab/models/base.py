@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from mosaics_lab.ops import Documents
+
 
 @dataclass
 class ModelConfig:
@@ -50,7 +52,9 @@ class ModelConfig:
 
 
 class LanguageModel(nn.Module):
-    """Base class of every model in the table: ``forward(idx[B, T]) -> logits[B, T, V]``.
+    """Base class of every model in the table: ``forward(idx[B, T], doc_ids[B, T] | None) ->
+    logits[B, T, V]``. With doc_ids, every position sees only its own document (MODELS.md 0);
+    doc_ids=None is one document per row.
 
     The trainer never branches on the architecture; it asks the model for what it needs here.
     """
@@ -83,6 +87,22 @@ class LanguageModel(nn.Module):
     def diagnostics(self) -> dict[str, float]:
         """Scalars worth logging besides the loss (e.g. learned bandwidths). Empty by default."""
         return {}
+
+    def begin_step(self, step: int, seed: int = 0) -> None:
+        """Called by the trainer before every micro-batch of optimiser step `step` (the same step for
+        all micro-batches of one step and on every rank): a model that draws per-step randomness
+        (mosaic_v2's LTM delay) fixes it here. Nothing by default."""
+
+
+def attention_mask(docs: Optional[Documents]) -> Optional[torch.Tensor]:
+    """The baselines' causal attention restricted to each document: (B, 1, T, T) bool for SDPA's
+    attn_mask, or None when there is no document boundary (then plain `is_causal`, bit for bit
+    today's path). The diagonal is always visible, so no row is empty."""
+    if docs is None or not docs.has_boundaries:
+        return None
+    T = docs.ids.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=docs.ids.device).tril()
+    return (causal & (docs.ids.unsqueeze(-1) == docs.ids.unsqueeze(-2))).unsqueeze(1)
 
 
 def gathered(t: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """GPT-2 baseline (nanoGPT layout): learned absolute positions, LayerNorm, GELU 4x MLP, tied
-embedding and LM head, causal SDPA.
+embedding and LM head, causal SDPA. With a document mask, attention stays inside each document and
+positions restart at every document start.
 
 Shape letters: B batch, T sequence length, C channels (n_embd), H heads, D head size, V vocabulary.
 """
@@ -13,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mosaics_lab.models.base import LanguageModel, ModelConfig, init_linear_, scaled_residual_init_
+from mosaics_lab.models.base import (
+    LanguageModel,
+    ModelConfig,
+    attention_mask,
+    init_linear_,
+    scaled_residual_init_,
+)
+from mosaics_lab.ops import Documents, as_documents
 
 
 @dataclass
@@ -44,13 +52,19 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, T, C); mask: (B, 1, T, T) bool (causal within documents) or None (causal)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -68,6 +82,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """forward(x, docs): the signature of every family's block."""
+
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -75,8 +91,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attention_mask(docs))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -100,15 +116,18 @@ class GPT2(LanguageModel):
     def max_context(self) -> int:
         return self.config.block_size  # learned absolute positions stop here
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx: (B, T) token ids; doc_ids: (B, T) document ids or None (one document per row)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(
                 f"gpt2 has learned positions for {self.config.block_size} tokens, got a sequence of {T}; "
                 "raise model.block_size"
             )
-        pos = torch.arange(T, device=idx.device)
+        docs = None if doc_ids is None else as_documents(doc_ids, B, T)
+        # Positions restart at each document: (B, T) from the layout, (T,) without one.
+        pos = torch.arange(T, device=idx.device) if docs is None else docs.positions
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, docs)
         return self.lm_head(self.ln_f(x))  # (B, T, V)

@@ -1,5 +1,6 @@
 """Llama-style baseline: RoPE, RMSNorm, SwiGLU, untied embedding and classifier, optional
-grouped-query attention, causal SDPA.
+grouped-query attention, causal SDPA. With a document mask, attention stays inside each document and
+RoPE positions restart at every document start.
 
 Shape letters: B batch, T sequence length, C channels (n_embd), H heads, K kv heads, D head size,
 V vocabulary.
@@ -17,10 +18,12 @@ from torch import nn
 from mosaics_lab.models.base import (
     LanguageModel,
     ModelConfig,
+    attention_mask,
     init_linear_,
     scaled_residual_init_,
     swiglu_hidden,
 )
+from mosaics_lab.ops import Documents, as_documents
 
 
 @dataclass
@@ -53,10 +56,16 @@ class LlamaConfig(ModelConfig):
         return self.d_ff if self.d_ff is not None else swiglu_hidden(self.n_embd)
 
 
-def rope_tables(T: int, D: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (T, D/2), computed for the actual length: no maximum-length buffer."""
+def rope_tables(
+    T: int, D: int, theta: float, device: torch.device, positions: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (T, D/2), computed for the actual length: no maximum-length buffer.
+    With positions (B, T) (restarting at each document), (B, 1, T, D/2), to broadcast over heads."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
-    angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
+    if positions is None:
+        angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
+    else:
+        angles = (positions.to(torch.float32).unsqueeze(-1) * inv_freq).unsqueeze(1)
     return angles.cos(), angles.sin()
 
 
@@ -79,17 +88,21 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, H, T, D)
         k, v = self.wkv(x).view(B, T, 2, self.n_kv, self.head_size).permute(2, 0, 3, 1, 4)  # (B, K, T, D)
-        cos, sin = rope_tables(T, self.head_size, self.theta, x.device)
+        mask = attention_mask(docs)
+        # Without a boundary, positions 0..T-1 as today; with one, they restart at each document.
+        positions = None if mask is None else docs.positions
+        cos, sin = rope_tables(T, self.head_size, self.theta, x.device, positions)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            is_causal=True,
+            attn_mask=mask,
+            is_causal=mask is None,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv != self.n_head,
         )
@@ -110,6 +123,8 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """forward(x, docs): the signature of every family's block."""
+
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
@@ -117,8 +132,8 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.ffn = SwiGLU(config.n_embd, config.hidden, config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, docs: Optional[Documents] = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), docs)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -137,8 +152,10 @@ class Llama(LanguageModel):
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx: (B, T) token ids; doc_ids: (B, T) document ids or None (one document per row)."""
+        docs = None if doc_ids is None else as_documents(doc_ids, *idx.shape)
         x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, docs)
         return self.lm_head(self.norm(x))  # (B, T, V)

@@ -20,6 +20,7 @@ from mosaics_lab import constants as C
 from mosaics_lab.config.loader import recipe_to_dict
 from mosaics_lab.config.schema import Recipe
 from mosaics_lab.models import build_model
+from mosaics_lab.ops import document_ids
 from mosaics_lab.training.optim import build_optimizer
 
 RECIPE_KEY = "mosaics_lab_recipe"
@@ -41,7 +42,21 @@ class LanguageModelModule(L.LightningModule):
         self.total_steps = total_steps
         self.model = build_model(recipe.model)
         self.tokens_per_step = recipe.train.global_batch_size * recipe.model.block_size
+        # The <|eot|> id whose positions cut each block into documents, when data.document_mask is
+        # on; read from the data module in setup().
+        self.eot_id: int | None = None
         self._compiled = False
+
+    def setup(self, stage: str) -> None:
+        if self.recipe.data.document_mask:
+            datamodule = self.trainer.datamodule
+            eot_id = getattr(datamodule, "eot_id", None)
+            if eot_id is None:
+                raise ValueError(
+                    "data.document_mask: true, but the data has no <|eot|> id to cut documents at; "
+                    "set data.document_mask: false or use a dataset prepared with a byte or bpe tokenizer"
+                )
+            self.eot_id = int(eot_id)
 
     # ---- model transforms, applied from outside the model (torchtitan order) ----
     def configure_model(self) -> None:
@@ -78,11 +93,22 @@ class LanguageModelModule(L.LightningModule):
         self._compiled = True
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx)
+        return self.model(idx, self.doc_ids(idx))
+
+    def doc_ids(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) document ids of a block under data.document_mask (the <|eot|> token belongs to the
+        document it ends), else None: the model sees one document per row."""
+        return None if self.eot_id is None else document_ids(idx, self.eot_id)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(batch["input_ids"])  # (B, T, V)
+        idx = batch["input_ids"]
+        logits = self.model(idx, self.doc_ids(idx))  # (B, T, V)
         return lm_loss(logits, batch["labels"])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Per-step randomness (mosaic_v2's LTM delay) is a function of the optimiser step: the same
+        # for every micro-batch of a step and on every rank, and restored with the step on resume.
+        self.model.begin_step(self.trainer.global_step, self.recipe.seed)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
