@@ -1,13 +1,15 @@
-"""``mosaics-lab bench {ops,train,all,gpu-check} [--quick] [--device cpu|cuda] [--out bench/]``.
+"""``mosaics-lab bench {ops,train,mask,all,gpu-check} [--quick] [--device cpu|cuda] [--out bench/]``.
 
 One command that builds, checks and times:
 1. check: on the chosen device, the fast ops (leaky average; kernel regression full and windowed,
    FlexAttention on CUDA) must agree with their naive references, forward and every gradient,
    before anything is timed; each model must lower its loss on a repeated batch.
 2. time: `bench.ops` (ops vs references vs SDPA) and `bench.train` (each mosaic against its
-   parameter-matched Transformer, interleaved; mosaic_v2 stm_only at growing T).
+   parameter-matched Transformer, interleaved; mosaic_v2 stm_only at growing T), and `mask` (each
+   architecture's step with and without data.document_mask).
 3. report: Markdown tables on stdout, and `<out>/ops.json`, `<out>/train.json`,
-   `<out>/stm_scaling.json`, each with the machine, versions, load and command it was measured with.
+   `<out>/stm_scaling.json`, `<out>/document_mask.json`, each with the machine, versions, load and
+   command it was measured with.
 
 `gpu-check` is the one command that proves the CUDA path (bench/gpu_check.py): correctness of the
 ops, compiled blocks, training, FSDP and syncs, plus throughput, MFU and stm_only scaling, in one
@@ -43,8 +45,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "what",
-        choices=("ops", "train", "all", "gpu-check"),
-        help="which benchmark; gpu-check: prove the CUDA path (exit 1 on a correctness failure)",
+        choices=("ops", "train", "mask", "all", "gpu-check"),
+        help="which benchmark (mask: the cost of data.document_mask); gpu-check: prove the CUDA path "
+        "(exit 1 on a correctness failure)",
     )
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke run of ~1 minute")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
@@ -169,7 +172,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
         return run_gpu_check(args)
     from mosaics_lab.bench.ops import bench_ops, format_table
-    from mosaics_lab.bench.train import bench_pairs, bench_stm_scaling, format_pairs, format_scaling
+    from mosaics_lab.bench.train import (
+        bench_document_mask,
+        bench_pairs,
+        bench_stm_scaling,
+        format_document_mask,
+        format_pairs,
+        format_scaling,
+    )
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu")
@@ -203,5 +213,9 @@ def run_bench(args: argparse.Namespace) -> int:
         rows = bench_stm_scaling(device, args.quick, compile, log=log)
         path = _write(out, "stm_scaling", meta, rows)
         print(f"\n## mosaic_v2 stm_only: linear in T, {device}\n\n{format_scaling(rows)}\n\n-> {path}")
+    if args.what in ("mask", "all"):
+        rows = bench_document_mask(device, args.quick, compile, log=log)
+        path = _write(out, "document_mask", meta, rows)
+        print(f"\n## The cost of the document mask, {device}\n\n{format_document_mask(rows)}\n\n-> {path}")
     log(f"done in {time.time() - started:.0f} s, load {_load()}")
     return 0

@@ -49,6 +49,11 @@ def test_quick_bench_prints_tables_and_writes_json_for_every_op_and_pair(tmp_pat
     # for the fixed model state); a T x T buffer would be 16x.
     assert scaling[1]["peak_mib"] < 5 * scaling[0]["peak_mib"]
 
+    masks = json.loads((tmp_path / "document_mask.json").read_text())["rows"]
+    assert {r["arch"] for r in masks} == {"gpt2", "llama", "mosaic_v1", "mosaic_v2"}
+    assert all(r["ms_per_step_masked"] > 0 and r["peak_mib_masked"] > 0 for r in masks)
+    assert "| mosaic_v2 | 128 | 2 | 50 |" in out
+
 
 def test_a_fast_op_that_disagrees_with_its_reference_stops_the_bench_before_timing(monkeypatch):
     import mosaics_lab.ops as ops
