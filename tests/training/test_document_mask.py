@@ -3,9 +3,13 @@ fixed per optimiser step, and a clear error for data without <|eot|>."""
 
 from __future__ import annotations
 
+import json
+
+import lightning as L
 import pytest
 import torch
 
+from mosaics_lab import constants as C
 from mosaics_lab.cli import EXIT_USER_ERROR, main
 from mosaics_lab.config import load_recipe
 from mosaics_lab.models.mosaic_v2 import MosaicV2
@@ -69,3 +73,32 @@ def test_document_mask_on_data_without_eot_is_a_clear_error(tmp_path, capsys):
     assert code == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "data.document_mask" in err and "<|eot|>" in err, err
+
+
+class CrashAt(L.Callback):
+    """Crashes the run after `step` optimiser steps, as a killed process would stop it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("crash for the test")
+
+
+def test_mosaic_v2_with_a_random_delay_resumes_with_identical_losses(stories_dir, tmp_path):
+    # The delay is a function of (seed, step), so a resumed run draws the m it would have drawn.
+    def losses(run_dir) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run_dir / C.METRICS_FILE).read_text().splitlines() if line]
+        return {r["step"]: r[C.TRAIN_LOSS] for r in rows if C.TRAIN_LOSS in r}
+
+    base = REPO / "recipes" / "mosaic_v2_tiny.yaml"
+    extra = ["log.checkpoint_every_n_steps=3", "model.block_size=64"]
+    straight = losses(train(load_recipe(base, tiny_overrides(stories_dir, tmp_path / "a", steps=8) + extra)))
+    recipe = load_recipe(base, tiny_overrides(stories_dir, tmp_path / "b", steps=8) + extra)
+    with pytest.raises(RuntimeError, match="crash for the test"):
+        train(recipe, callbacks=[CrashAt(5)])
+    resumed = losses(train(recipe))
+    assert sorted(resumed) == sorted(straight) == list(range(8))
+    for step in range(3, 8):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-6), step
