@@ -116,6 +116,21 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class DocumentMasked(nn.Module):
+    """A model run with the document mask it trained with (data.document_mask): ``forward(idx)``
+    passes the document ids cut at ``eot_id`` (the <|eot|> belongs to the document it ends)."""
+
+    def __init__(self, model: nn.Module, eot_id: int) -> None:
+        super().__init__()
+        self.model = model
+        self.eot_id = eot_id
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        from mosaics_lab.ops import document_ids
+
+        return self.model(idx, document_ids(idx, self.eot_id))
+
+
 @torch.inference_mode()
 def forward_logits(model: nn.Module, input_ids: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Logits (B, T, V) as float32 on the CPU, for int input ids (B, T); the model is in eval mode."""

@@ -58,7 +58,14 @@ from mosaics_lab.config.schema import Recipe
 from mosaics_lab.data.prepare import FORMAT_TOKENS, TASK_DEFAULTS
 from mosaics_lab.data.tasks import TASKS, get_task, nearest
 from mosaics_lab.evaluation import EVAL_TASKS, LM_TASKS
-from mosaics_lab.evaluation.common import EvalError, EvalResult, LengthSpec, parse_lengths, parse_shots
+from mosaics_lab.evaluation.common import (
+    DocumentMasked,
+    EvalError,
+    EvalResult,
+    LengthSpec,
+    parse_lengths,
+    parse_shots,
+)
 from mosaics_lab.evaluation.icl import DEFAULT_LENGTHS, DEFAULT_SHOTS, TaskEvalOptions, evaluate_task
 from mosaics_lab.evaluation.lm import evaluate_extrapolation, evaluate_per_position, evaluate_val
 from mosaics_lab.evaluation.plots import plot_result
@@ -144,23 +151,28 @@ def task_from_recipe(recipe: Recipe, name: str, overrides: dict[str, Any]) -> tu
 # --- data for the language-modelling evaluators ------------------------------------------------------
 
 
-def _val_data(recipe: Recipe, block_size: int, batch_size: int) -> tuple[Iterable[dict], str, int | None]:
+def _val_data(
+    recipe: Recipe, block_size: int, batch_size: int
+) -> tuple[Iterable[dict], str, int | None, int | None]:
     """The run's validation loader (windows of ``block_size`` tokens, or the task's examples), its
-    format, and the example length of an examples dataset."""
+    format, the example length of an examples dataset, and the data's <|eot|> id (or None)."""
     from mosaics_lab.data import LMDataModule
 
     data = LMDataModule(recipe.data, block_size, batch_size, recipe.seed)
     data.prepare_data()  # regenerates a synthetic dataset that is gone (deterministic in the recipe)
-    data.setup("validate")
+    data.setup("validate")  # refuses data.document_mask on data without <|eot|>
     seq_len = data.manifest.get("seq_len") if data.format != FORMAT_TOKENS else None
-    return data.val_dataloader(), data.format, seq_len
+    return data.val_dataloader(), data.format, seq_len, data.eot_id
 
 
 def _evaluate_lm(
     task: str, recipe: Recipe, model: torch.nn.Module, options: EvalOptions, lengths: Sequence[LengthSpec]
 ) -> EvalResult:
     block = recipe.model.block_size
-    batches, fmt, seq_len = _val_data(recipe, block, options.batch_size)
+    batches, fmt, seq_len, eot_id = _val_data(recipe, block, options.batch_size)
+    if recipe.data.document_mask:
+        # Evaluated as it trained: every position sees only its own document.
+        model = DocumentMasked(model, eot_id)
     if task == "val":
         return evaluate_val(model, batches, options.batches)
     if task == "per_position":

@@ -102,3 +102,16 @@ def test_mosaic_v2_with_a_random_delay_resumes_with_identical_losses(stories_dir
     assert sorted(resumed) == sorted(straight) == list(range(8))
     for step in range(3, 8):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-6), step
+
+
+def test_eval_of_a_document_masked_run_uses_the_mask_it_trained_with(recorded, stories_dir, tmp_path):
+    from mosaics_lab.evaluation.runner import EvalOptions, evaluate
+
+    run = train(
+        load_recipe(REPO / "recipes" / "mosaic_v2_tiny.yaml", tiny_overrides(stories_dir, tmp_path / "r"))
+    )
+    recorded["forward"].clear()
+    evaluate(run, "val", EvalOptions(batches=2, batch_size=2))
+    assert recorded["forward"]
+    for training, idx, doc_ids, _ in recorded["forward"]:
+        assert not training and doc_ids is not None and torch.equal(doc_ids, document_ids(idx, BYTE_EOT))
