@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from mosaics_lab.data import DataError
+from mosaics_lab.data.tasks.base import IGNORE_INDEX
 from mosaics_lab.data.tokenizers import (
     MANIFEST_FILE,
     TOKENIZER_NAMES,
@@ -60,7 +61,6 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val")
 # The tasks package names its validation stream "validation"; the shard directory is "val".
 TASK_SPLITS = {"train": "train", "val": "validation"}
-IGNORE_INDEX = -100
 
 # Documents inside a .txt file are separated by this marker when present (the GPT-2 / TinyStories
 # convention); otherwise a whole .txt file is one document.

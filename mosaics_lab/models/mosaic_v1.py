@@ -346,13 +346,19 @@ class MosaicV1(LanguageModel):
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:
-        """Per-head bandwidths beta_h of every layer's memories (contextual, and persistent if pmem)."""
+        """Bandwidths beta_h of every layer's memories (contextual, and persistent if pmem), under
+        `memory/<layer>/<cmem|pmem>/beta`: the mean over heads for every layer, and per head
+        (`.../beta/h3`) for the first layer only, as mosaic_v2 does, so that the number of tags grows
+        with depth, not with depth x heads."""
         out: dict[str, float] = {}
         for layer, block in enumerate(self.blocks):
             memories = [("cmem", block.cmem)]
             if isinstance(block.pmem, PersistentMemory):
                 memories.append(("pmem", block.pmem))
             for name, memory in memories:
-                for h, beta in enumerate(gathered(memory.bandwidths()).tolist()):
-                    out[memory_tag(layer, name, f"beta/h{h}")] = beta
+                betas = gathered(memory.bandwidths()).float()
+                out[memory_tag(layer, name, "beta")] = float(betas.mean())
+                if layer == 0:
+                    for h, beta in enumerate(betas.tolist()):
+                        out[memory_tag(layer, name, f"beta/h{h}")] = beta
         return out

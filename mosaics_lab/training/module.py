@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor
 from mosaics_lab import constants as C
 from mosaics_lab.config.loader import recipe_to_dict
 from mosaics_lab.config.schema import Recipe
+from mosaics_lab.data.tasks.base import IGNORE_INDEX
 from mosaics_lab.models import build_model
 from mosaics_lab.ops import document_ids
 from mosaics_lab.training.optim import build_optimizer
@@ -31,8 +32,8 @@ class NonFiniteError(RuntimeError):
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy over positions whose label is not -100 (float32 logits)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    """Mean next-token cross entropy over positions whose label is not IGNORE_INDEX (float32 logits)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 class LanguageModelModule(L.LightningModule):
@@ -123,8 +124,13 @@ class LanguageModelModule(L.LightningModule):
         sched = self.lr_schedulers()
         self.log(C.TRAIN_LR, sched.get_last_lr()[0], on_step=True)
         self.log(C.TRAIN_TOKENS, float(self.trainer.global_step * self.tokens_per_step), on_step=True)
-        for tag, value in self.model.diagnostics().items():
-            self.log(tag, value, on_step=True)
+        # Model diagnostics (a host sync, and a collective under FSDP) only once per logging step: on
+        # the micro-batch that completes a step whose number is a multiple of log.every_n_steps, the
+        # moment Lightning writes on_step values (the same condition on every rank).
+        completes_step = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if completes_step and self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            for tag, value in self.model.diagnostics().items():
+                self.log(tag, value, on_step=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)

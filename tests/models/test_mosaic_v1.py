@@ -202,22 +202,23 @@ def test_per_head_scalars_are_not_decayed_and_banks_and_matrices_are():
             assert id(p) in decay, f"{name} is not weight-decayed"
 
 
-def test_diagnostics_report_one_positive_bandwidth_per_head_and_layer():
+def test_diagnostics_report_mean_bandwidth_per_layer_and_per_head_for_the_first_layer():
     model = build_model(tiny(n_layer=3, n_head=4))
     diag = model.diagnostics()
-    expected = {
-        memory_tag(layer, mem, f"beta/h{h}")
-        for layer in range(3)
-        for mem in ("cmem", "pmem")
-        for h in range(4)
-    }
-    assert set(diag) == expected
+    means = {memory_tag(layer, mem, "beta") for layer in range(3) for mem in ("cmem", "pmem")}
+    heads = {memory_tag(0, mem, f"beta/h{h}") for mem in ("cmem", "pmem") for h in range(4)}
+    assert set(diag) == means | heads  # as mosaic_v2: depth + heads tags, not depth x heads
     assert all(v == pytest.approx(math.exp(2.0)) for v in diag.values())  # beta = s^2 = exp(2 * 10 * 0.1)
     with torch.no_grad():
+        model.blocks[0].cmem.key.phi[2] = 0.3
         model.blocks[1].cmem.key.phi[2] = 0.3
-    assert model.diagnostics()[memory_tag(1, "cmem", "beta/h2")] == pytest.approx(math.exp(6.0))
+    diag = model.diagnostics()
+    assert diag[memory_tag(0, "cmem", "beta/h2")] == pytest.approx(math.exp(6.0))
+    assert diag[memory_tag(1, "cmem", "beta")] == pytest.approx((3 * math.exp(2.0) + math.exp(6.0)) / 4)
     mlp = build_model(tiny(persistent="mlp")).diagnostics()
-    assert set(mlp) == {memory_tag(layer, "cmem", f"beta/h{h}") for layer in range(2) for h in range(4)}
+    assert set(mlp) == {memory_tag(layer, "cmem", "beta") for layer in range(2)} | {
+        memory_tag(0, "cmem", f"beta/h{h}") for h in range(4)
+    }
 
 
 @pytest.mark.parametrize(

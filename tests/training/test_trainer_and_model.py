@@ -1,5 +1,6 @@
-"""data.document_mask through the trainer: document ids from the <|eot|> of each block, the LTM delay
-fixed per optimiser step, and a clear error for data without <|eot|>."""
+"""The trainer and the model: document ids from the <|eot|> of each block (data.document_mask), the
+LTM delay fixed per optimiser step, model diagnostics once per logging step, a clear error for data
+without <|eot|>, and evaluation with the mask the run trained with."""
 
 from __future__ import annotations
 
@@ -115,3 +116,16 @@ def test_eval_of_a_document_masked_run_uses_the_mask_it_trained_with(recorded, s
     assert recorded["forward"]
     for training, idx, doc_ids, _ in recorded["forward"]:
         assert not training and doc_ids is not None and torch.equal(doc_ids, document_ids(idx, BYTE_EOT))
+
+
+def test_model_diagnostics_run_once_per_logging_step_not_per_micro_batch(stories_dir, tmp_path, monkeypatch):
+    # diagnostics() is a host sync (a collective under FSDP): 4 steps x 2 micro-batches, logged every 2
+    # steps, call it twice (steps 2 and 4), and the bandwidths still reach the logs.
+    calls = []
+    diagnostics = MosaicV2.diagnostics
+    monkeypatch.setattr(MosaicV2, "diagnostics", lambda self: calls.append(1) or diagnostics(self))
+    overrides = tiny_overrides(stories_dir, tmp_path / "run", steps=4) + ["log.every_n_steps=2"]
+    run = train(load_recipe(REPO / "recipes" / "mosaic_v2_tiny.yaml", overrides))
+    assert len(calls) == 2
+    rows = [json.loads(line) for line in (run / C.METRICS_FILE).read_text().splitlines() if line]
+    assert sum(any(k.startswith("memory/0/stm/beta") for k in r) for r in rows) == 2
