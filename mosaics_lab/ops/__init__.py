@@ -5,6 +5,7 @@ from mosaics_lab.ops.kernel_regression import (
     kernel_regression,
     kernel_regression_flex,
     kernel_regression_reference,
+    kernel_regression_weights,
 )
 from mosaics_lab.ops.leaky_average import leaky_average, leaky_average_reference
 
@@ -15,6 +16,7 @@ __all__ = [
     "kernel_regression",
     "kernel_regression_flex",
     "kernel_regression_reference",
+    "kernel_regression_weights",
     "leaky_average",
     "leaky_average_reference",
 ]

@@ -54,7 +54,13 @@ import torch.nn.functional as F
 
 from mosaics_lab.ops.documents import Documents, as_documents
 
-__all__ = ["at_least_float32", "kernel_regression", "kernel_regression_flex", "kernel_regression_reference"]
+__all__ = [
+    "at_least_float32",
+    "kernel_regression",
+    "kernel_regression_flex",
+    "kernel_regression_reference",
+    "kernel_regression_weights",
+]
 
 # Query rows per block on the banded path. Measured on 2 CPU cores (T 2k..8k, window 254,
 # fwd + bwd): 64 was best or within 5% of best; smaller blocks waste fewer masked logits but pay
@@ -358,17 +364,8 @@ def kernel_regression_reference(
     """The spec of `kernel_regression` (without dropout): full (T x T) float32 logits, a lag and
     document mask, and a masked softmax."""
     _check(q, k, v, min_lag, max_lag)
-    T = q.shape[-2]
     logits = q.float() @ k.float().transpose(-1, -2)  # (B, H, T, T)
-    t = torch.arange(T, device=q.device)
-    lag = t.unsqueeze(-1) - t  # [query t, key i] = t - i
-    visible = lag >= min_lag
-    if max_lag is not None:
-        visible &= lag <= max_lag
-    if doc_ids is not None:
-        as_documents(doc_ids, q.shape[0], T)  # validates shape and dtype
-        visible = visible & (doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2)).unsqueeze(1)  # (B, 1, T, T)
-    logits = logits.masked_fill(~visible, float("-inf"))
+    logits = logits.masked_fill(~_visible_pairs(q, min_lag, max_lag, doc_ids), float("-inf"))
     # Softmax by hand so that rows with nothing visible give 0, not NaN: their max is -inf.
     row_max = logits.detach().amax(-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
@@ -376,3 +373,43 @@ def kernel_regression_reference(
     total = p.sum(-1, keepdim=True)
     y = (p @ v.float()) / torch.where(total > 0, total, 1.0)
     return y.to(v.dtype)
+
+
+def _visible_pairs(
+    q: torch.Tensor, min_lag: int, max_lag: int | None, doc_ids: torch.Tensor | Documents | None
+) -> torch.Tensor:
+    """[query t, pair i] visible: min_lag <= t - i <= max_lag, same document. (T, T) or (B, 1, T, T)."""
+    T = q.shape[-2]
+    t = torch.arange(T, device=q.device)
+    lag = t.unsqueeze(-1) - t  # [query t, key i] = t - i
+    visible = lag >= min_lag
+    if max_lag is not None:
+        visible &= lag <= max_lag
+    if doc_ids is not None:
+        ids = as_documents(doc_ids, q.shape[0], T).ids  # validates shape and dtype
+        visible = visible & (ids.unsqueeze(-1) == ids.unsqueeze(-2)).unsqueeze(1)  # (B, 1, T, T)
+    return visible
+
+
+@torch.no_grad()
+def kernel_regression_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    min_lag: int = 1,
+    max_lag: int | None = None,
+    *,
+    doc_ids: torch.Tensor | Documents | None = None,
+) -> torch.Tensor:
+    """The retrieval weights softmax_i(q_t . k_i) over the visible pairs, (B, H, T, T) float32:
+    row t sums to 1 over the pairs query t sees and is 0 elsewhere (an all-zero row when it sees
+    none). For looking inside a memory, never for training: it materialises the (T x T) weights
+    that the fast paths avoid, and carries no gradient. `kernel_regression` (without dropout)
+    equals `weights @ v`."""
+    _check(q, k, k, min_lag, max_lag)
+    logits = at_least_float32(q) @ at_least_float32(k).transpose(-1, -2)  # (B, H, T, T)
+    visible = _visible_pairs(q, min_lag, max_lag, doc_ids)
+    logits = logits.masked_fill(~visible, float("-inf"))
+    row_max = logits.amax(-1, keepdim=True)
+    p = torch.exp(logits - torch.where(torch.isfinite(row_max), row_max, 0.0))
+    total = p.sum(-1, keepdim=True)
+    return (p / torch.where(total > 0, total, 1.0)).float()
