@@ -114,3 +114,18 @@ def test_every_shipped_recipe_loads_and_validates():
             continue
         recipe = load_recipe(path)
         assert recipe.name, path
+
+
+def test_loading_a_recipe_imports_no_torch():
+    # Config is the torch-free ground floor: sweep validation, --status and compare start instantly.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mosaics_lab.config as c; "
+        "c.load_recipe('recipes/mosaic_v2_tiny.yaml', ['model.n_layer=2']); "
+        "c.load_recipe('recipes/mosaic_v1_tiny.yaml'); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -17,8 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mosaics_lab.config.models import MODEL_CONFIGS
 from mosaics_lab.config.schema import Recipe
-from mosaics_lab.models import MODEL_TABLE
 
 
 class RecipeError(ValueError):
@@ -113,10 +113,10 @@ def _arch_of(layers: list[tuple[Path, DictConfig]], overrides: DictConfig) -> st
         value = OmegaConf.select(cfg, "model.arch", default=None)
         if value is not None:
             arch = str(value)
-    if arch not in MODEL_TABLE:
-        close = difflib.get_close_matches(arch, list(MODEL_TABLE), n=1)
+    if arch not in MODEL_CONFIGS:
+        close = difflib.get_close_matches(arch, list(MODEL_CONFIGS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(f"unknown model.arch {arch!r}{hint} (known: {', '.join(sorted(MODEL_TABLE))})")
+        raise RecipeError(f"unknown model.arch {arch!r}{hint} (known: {', '.join(sorted(MODEL_CONFIGS))})")
     return arch
 
 
@@ -135,7 +135,7 @@ def _open_free_form_dicts(node: DictConfig) -> None:
 def schema_for(arch: str) -> DictConfig:
     """The structured, struct-mode recipe schema with the model section typed for ``arch``."""
     schema = OmegaConf.structured(Recipe)
-    with_model = OmegaConf.structured(MODEL_TABLE[arch][0])
+    with_model = OmegaConf.structured(MODEL_CONFIGS[arch])
     OmegaConf.set_struct(schema, False)
     schema.model = with_model
     OmegaConf.set_struct(schema, True)
@@ -229,7 +229,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
     """Rebuild a Recipe from its dict form (e.g. a run's recipe.yaml), with full validation."""
     arch = str(d.get("model", {}).get("arch", "gpt2"))
-    if arch not in MODEL_TABLE:
+    if arch not in MODEL_CONFIGS:
         raise RecipeError(f"{source}: unknown model.arch {arch!r}")
     schema = schema_for(arch)
     given = OmegaConf.create(d)

@@ -2,7 +2,7 @@
 so a misspelled key or a wrong type is an error, never a silent default.
 
 The ``model`` section's type depends on ``model.arch``: each model family owns its config dataclass
-(see ``mosaics_lab.models.MODEL_TABLE``); the loader picks it before merging.
+(see ``mosaics_lab.config.models.MODEL_CONFIGS``); the loader picks it before merging.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from mosaics_lab.models.base import ModelConfig
+from mosaics_lab.config.models import ModelConfig
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 STRATEGIES = ("auto", "ddp", "fsdp")

@@ -7,48 +7,23 @@ Shape letters: B batch, T sequence length, C channels (n_embd), V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from mosaics_lab.config.models import ModelConfig, swiglu_hidden
 from mosaics_lab.ops import Documents
 
-
-@dataclass
-class ModelConfig:
-    """Keys every architecture accepts, so recipes for different archs differ only where they must."""
-
-    arch: str = "gpt2"
-    vocab_size: Optional[int] = None  # None: taken from the data's tokenizer at build time
-    block_size: int = 256  # training context length T (a memory mosaic runs at any length)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.0
-    # Path of another recipe whose parameter count this model should match (< 2 %) by adjusting its
-    # width-free knob (d_ff for FFN models, pmem_size for persistent memories). Resolved by the loader.
-    match_params_of: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.vocab_size is not None and self.vocab_size < 2:
-            raise ValueError(
-                f"model.vocab_size must be >= 2 (or null for the tokenizer's), got {self.vocab_size}"
-            )
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
+__all__ = [
+    "LanguageModel",
+    "ModelConfig",
+    "attention_mask",
+    "gathered",
+    "init_linear_",
+    "scaled_residual_init_",
+    "swiglu_hidden",
+]
 
 
 class LanguageModel(nn.Module):
@@ -126,9 +101,3 @@ def scaled_residual_init_(model: nn.Module, n_layer: int, suffix: str = "c_proj.
     for name, p in model.named_parameters():
         if name.endswith(suffix):
             nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-
-
-def swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
-    """Llama's default SwiGLU width: 2/3 of 4d, rounded up to a multiple (same params as a 4d MLP)."""
-    hidden = int(2 * 4 * n_embd / 3)
-    return multiple_of * math.ceil(hidden / multiple_of)

@@ -7,40 +7,20 @@ Shape letters: B batch, T sequence length, C channels (n_embd), H heads, D head 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosaics_lab.config.models import GPT2Config
 from mosaics_lab.models.base import (
     LanguageModel,
-    ModelConfig,
     attention_mask,
     init_linear_,
     scaled_residual_init_,
 )
 from mosaics_lab.ops import Documents, as_documents
-
-
-@dataclass
-class GPT2Config(ModelConfig):
-    arch: str = "gpt2"
-    d_ff: Optional[int] = None  # MLP hidden width; None = 4 * n_embd
-    bias: bool = True
-    tie_embeddings: bool = True
-
-    MATCH_KNOB: ClassVar[str] = "d_ff"  # what model.match_params_of adjusts
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ValueError(f"model.d_ff must be >= 1 (or null for 4 * n_embd), got {self.d_ff}")
-
-    @property
-    def hidden(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.n_embd
 
 
 class CausalSelfAttention(nn.Module):

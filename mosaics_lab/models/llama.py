@@ -8,52 +8,15 @@ V vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mosaics_lab.models.base import (
-    LanguageModel,
-    ModelConfig,
-    attention_mask,
-    init_linear_,
-    scaled_residual_init_,
-    swiglu_hidden,
-)
+from mosaics_lab.config.models import LlamaConfig
+from mosaics_lab.models.base import LanguageModel, attention_mask, init_linear_, scaled_residual_init_
 from mosaics_lab.ops import Documents, as_documents
-
-
-@dataclass
-class LlamaConfig(ModelConfig):
-    arch: str = "llama"
-    d_ff: Optional[int] = None  # SwiGLU hidden width; None = 2/3 * 4d rounded up to a multiple of 64
-    n_kv_head: Optional[int] = None  # grouped-query attention; None = n_head (plain MHA)
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-
-    MATCH_KNOB: ClassVar[str] = "d_ff"  # what model.match_params_of adjusts
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        kv = self.kv_heads
-        if kv < 1 or self.n_head % kv:
-            raise ValueError(f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head})")
-        if self.head_size % 2:
-            raise ValueError(f"RoPE needs an even head size, got n_embd / n_head = {self.head_size}")
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ValueError(f"model.d_ff must be >= 1 (or null for the SwiGLU default), got {self.d_ff}")
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.n_head
-
-    @property
-    def hidden(self) -> int:
-        return self.d_ff if self.d_ff is not None else swiglu_hidden(self.n_embd)
 
 
 def rope_tables(

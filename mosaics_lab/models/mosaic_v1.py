@@ -20,17 +20,16 @@ P persistent banks, S pairs per bank, V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosaics_lab.config.models import MosaicV1Config
 from mosaics_lab.constants import memory_tag
 from mosaics_lab.models.base import (
     LanguageModel,
-    ModelConfig,
     gathered,
     init_linear_,
     scaled_residual_init_,
@@ -44,91 +43,6 @@ from mosaics_lab.ops import (
     leaky_average,
 )
 from mosaics_lab.ops.kernel_regression import at_least_float32
-
-PERSISTENT_KINDS = ("pmem", "mlp", "swiglu")
-MEMORY_DROPOUTS = ("weights", "retrieval")
-
-# A GPT-2 block has 12 d^2 parameters; the contextual memory has 3 d^2 and the persistent memory
-# 2 d^2 (key extractor, c_proj) + 2 P S d (banks), so P S = 3.5 d matches it.
-PMEM_PAIRS_PER_CHANNEL = 3.5
-
-
-@dataclass
-class MosaicV1Config(ModelConfig):
-    arch: str = "mosaic_v1"
-    persistent: str = "pmem"  # what replaces the MLP: pmem (persistent memory) | mlp (GELU) | swiglu
-    # Learned pairs per bank and head; None = auto: 3.5 d / pmem_count, which matches a GPT-2 block's
-    # 12 d^2 parameters (2688 for d 768). Only for persistent: pmem.
-    pmem_size: Optional[int] = None
-    pmem_count: int = 1  # P banks; the persistent memory averages their retrievals
-    # c_max: key scale s = exp(min(10 phi, c_max)) in the contextual memory; the persistent memory's
-    # query carries the whole bandwidth exp(min(2 * 10 phi', c_max)) (the authors' clamp).
-    key_scale_max: float = math.log(65535)
-    # Dropout in the memories, None = model.dropout. Where it acts (memory_dropout):
-    #   weights: on the attention weights of the contextual and the persistent memory (the authors');
-    #   retrieval: on the contextual memory's retrieved output only, per head before c_proj (earlier
-    #   mosaics-lab behaviour, kept for comparisons).
-    ic_dropout: Optional[float] = None
-    memory_dropout: str = "weights"
-    # Dropout on the embedding and on every residual branch (after c_proj). None = model.dropout.
-    hd_dropout: Optional[float] = None
-    # Biases on the LayerNorms and on every projection (keys, values, outputs, MLP), as the authors'
-    # `bias: true`; False: no bias anywhere.
-    bias: bool = False
-    norm_eps: float = 1e-10  # guards the key and value normalisations (the authors' 1e-10)
-    tie_embeddings: bool = True
-    d_ff: Optional[int] = None  # hidden width for persistent: mlp (None = 4d) | swiglu (None = Llama's)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.persistent not in PERSISTENT_KINDS:
-            raise ValueError(f"model.persistent must be one of {PERSISTENT_KINDS}, got {self.persistent!r}")
-        if self.pmem_size is not None and self.pmem_size < 1:
-            raise ValueError(f"model.pmem_size must be >= 1 (or null for auto = 3.5 d), got {self.pmem_size}")
-        if self.pmem_size is not None and self.persistent != "pmem":
-            raise ValueError(
-                f"model.pmem_size is for persistent: pmem, but model.persistent is {self.persistent!r}; "
-                "set model.d_ff instead (or null)"
-            )
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ValueError(f"model.d_ff must be >= 1 (or null for the default width), got {self.d_ff}")
-        if self.d_ff is not None and self.persistent == "pmem":
-            raise ValueError(
-                "model.d_ff is for persistent: mlp|swiglu; for pmem set model.pmem_size (or null)"
-            )
-        if self.pmem_count < 1:
-            raise ValueError(f"model.pmem_count must be >= 1, got {self.pmem_count}")
-        if self.key_scale_max <= 0:
-            raise ValueError(f"model.key_scale_max must be > 0, got {self.key_scale_max}")
-        if self.memory_dropout not in MEMORY_DROPOUTS:
-            raise ValueError(
-                f"model.memory_dropout must be one of {', '.join(MEMORY_DROPOUTS)}, "
-                f"got {self.memory_dropout!r}"
-            )
-        if self.norm_eps <= 0:
-            raise ValueError(f"model.norm_eps must be > 0, got {self.norm_eps}")
-        for name in ("ic_dropout", "hd_dropout"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1) (or null for model.dropout), got {value}")
-
-    @property
-    def MATCH_KNOB(self) -> str:  # what model.match_params_of adjusts (read by training.matching)
-        return "pmem_size" if self.persistent == "pmem" else "d_ff"
-
-    @property
-    def pairs(self) -> int:
-        if self.pmem_size is not None:
-            return self.pmem_size
-        return max(1, round(PMEM_PAIRS_PER_CHANNEL * self.n_embd / self.pmem_count))
-
-    @property
-    def ic_p(self) -> float:
-        return self.dropout if self.ic_dropout is None else self.ic_dropout
-
-    @property
-    def hd_p(self) -> float:
-        return self.dropout if self.hd_dropout is None else self.hd_dropout
 
 
 def _per_head(p: torch.Tensor) -> torch.Tensor:

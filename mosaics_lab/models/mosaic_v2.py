@@ -31,15 +31,15 @@ S learned pairs per head (pmem only), V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosaics_lab.config.models import MosaicV2Config
 from mosaics_lab.constants import memory_tag
-from mosaics_lab.models.base import LanguageModel, ModelConfig, gathered, swiglu_hidden
+from mosaics_lab.models.base import LanguageModel, gathered
 from mosaics_lab.ops import (
     Documents,
     as_documents,
@@ -48,127 +48,10 @@ from mosaics_lab.ops import (
     leaky_average,
 )
 
-MEMORIES = ("stm+ltm", "stm_only", "ltm_only")
-PERSISTENT = ("swiglu", "pmem", "none")
-KEY_EXTRACTORS = ("gated", "decay_only", "gate_only", "leaky", "none")
-GATE_GRANULARITIES = ("head", "channel")
-VALUE_PEEKS = ("learned", "none", "future_only")
-BANDWIDTHS = ("adaptive", "fixed")
-
 _EPS = 1e-6  # added to norms before dividing, as in leaky_average
 _MAX_LOG_BETA = 10.0  # beta0 = exp(min(th0, 10)), beta1 = exp(min(th1, 10))
 _MAX_LOG_VALUE_SCALE = 15.0  # a_h = exp(min(|theta|, 15))
 _MAX_LOG_KEY_SCALE = math.log(65535.0)  # v1's c_max: s = exp(min(10 phi, c_max))
-
-
-@dataclass
-class MosaicV2Config(ModelConfig):
-    arch: str = "mosaic_v2"
-    # Persistent memory. d_ff: SwiGLU hidden width; None = 2/3 * 4C rounded up to a multiple of 64.
-    # With `persistent: pmem` it sizes the bank instead (see pmem_size).
-    d_ff: Optional[int] = None
-    persistent: str = "swiglu"  # swiglu (paper) | pmem (v1's learned pairs) | none (no FFN sub-layer)
-    # Learned pairs per head of `persistent: pmem`; None = the size whose parameter count equals the
-    # SwiGLU of d_ff (S = 1.5 d_ff - C), so that d_ff stays the one knob parameter matching turns.
-    pmem_size: Optional[int] = None
-    memories: str = "stm+ltm"  # which contextual memories the block has: stm+ltm | stm_only | ltm_only
-    # Key extractor, a 2 x 2 of (decay: input-dependent | one learned constant per head) x
-    # (gate: input-dependent | none), plus `none` = just the normalised W_phi x:
-    #   gated = (input, input) [paper]; decay_only = (input, none); gate_only = (constant, input);
-    #   leaky = (constant, none) [v1]; none.
-    key_extractor: str = "gated"
-    # One log-gate per head (paper) or one per channel (C gates). The decay stays per head either
-    # way: leaky_average takes one decay per (B, H, T).
-    gate_granularity: str = "head"
-    # Value peeking, v_t from gamma_h * W_psi x_t + (1 - gamma_h) * W_psi x_{t+1}:
-    #   learned: gamma_h ~ U(0, 1), trained (paper); none: gamma = 1, v_t from x_t only (no peeking);
-    #   future_only: gamma = 0, v_t from x_{t+1} only.
-    value_peek: str = "learned"
-    stm_window: int = 256  # h
-    stm_inclusive: bool = False  # False: the STM holds h - 1 pairs (lags 1..h-1); True: h (lags 1..h)
-    # LTM delay m during training: [lo, hi] = uniform integer in lo..hi drawn once per optimiser step
-    # (stochastic m is what lets the model extrapolate); [m] = fixed. See MosaicV2.begin_step.
-    ltm_delay_train: list[int] = field(default_factory=lambda: [64, 256])
-    ltm_delay_eval: int = 64  # m in eval mode
-    # Bandwidth schedules, separately for each contextual memory.
-    #   adaptive: beta(n) = beta1 n^alpha + beta0, all learned per head (paper);
-    #   fixed: one learned beta per head whatever n (v1 style: beta = s^2, s = exp(min(10 phi, c_max))).
-    # *_alpha_frozen: alpha fixed to this value in [0, 1] (not a parameter); *_beta0_zero: no beta0.
-    stm_bandwidth: str = "adaptive"
-    stm_alpha_frozen: Optional[float] = None
-    stm_beta0_zero: bool = False
-    ltm_bandwidth: str = "adaptive"
-    ltm_alpha_frozen: Optional[float] = None
-    ltm_beta0_zero: bool = False
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-
-    MATCH_KNOB: ClassVar[str] = "d_ff"  # what model.match_params_of adjusts
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name, allowed in (
-            ("memories", MEMORIES),
-            ("persistent", PERSISTENT),
-            ("key_extractor", KEY_EXTRACTORS),
-            ("gate_granularity", GATE_GRANULARITIES),
-            ("value_peek", VALUE_PEEKS),
-            ("stm_bandwidth", BANDWIDTHS),
-            ("ltm_bandwidth", BANDWIDTHS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
-                )
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ValueError(f"model.d_ff must be >= 1 (or null for the SwiGLU default), got {self.d_ff}")
-        if self.pmem_size is not None and (self.persistent != "pmem" or self.pmem_size < 1):
-            raise ValueError(
-                f"model.pmem_size ({self.pmem_size}) needs model.persistent: pmem and a value >= 1; "
-                "leave it null otherwise"
-            )
-        if self.gate_granularity == "channel" and self.key_extractor not in ("gated", "gate_only"):
-            raise ValueError(
-                f"model.gate_granularity: channel needs a key extractor with a gate (gated, gate_only); "
-                f"model.key_extractor is {self.key_extractor!r}"
-            )
-        fewest = 1 if self.stm_inclusive else 2
-        if self.stm_window < fewest:
-            raise ValueError(
-                f"model.stm_window must be >= {fewest} (the STM holds "
-                f"{'h' if self.stm_inclusive else 'h - 1'} pairs), got {self.stm_window}"
-            )
-        delays = list(self.ltm_delay_train)
-        if len(delays) not in (1, 2) or min(delays) < 1 or delays[0] > delays[-1]:
-            raise ValueError(
-                f"model.ltm_delay_train must be [m] or [lo, hi] with 1 <= lo <= hi, got {delays}; "
-                "a delay of 0 would let a query see its own pair, whose value peeks at the next token"
-            )
-        if self.ltm_delay_eval < 1:
-            raise ValueError(f"model.ltm_delay_eval must be >= 1, got {self.ltm_delay_eval}")
-        for memory in ("stm", "ltm"):
-            schedule = getattr(self, f"{memory}_bandwidth")
-            alpha = getattr(self, f"{memory}_alpha_frozen")
-            if schedule != "adaptive" and (alpha is not None or getattr(self, f"{memory}_beta0_zero")):
-                raise ValueError(
-                    f"model.{memory}_alpha_frozen and model.{memory}_beta0_zero apply to "
-                    f"model.{memory}_bandwidth: adaptive, not {schedule!r}"
-                )
-            if alpha is not None and not 0.0 <= alpha <= 1.0:
-                raise ValueError(
-                    f"model.{memory}_alpha_frozen must be in [0, 1] (alpha = min(|th|, 1)), got {alpha}"
-                )
-
-    @property
-    def hidden(self) -> int:
-        return self.d_ff if self.d_ff is not None else swiglu_hidden(self.n_embd)
-
-    @property
-    def bank_size(self) -> int:
-        """S of `persistent: pmem`: 2 C^2 + 2 S C parameters (W_k, c_proj, K, V) = 3 C d_ff of a SwiGLU."""
-        if self.pmem_size is not None:
-            return self.pmem_size
-        return max(1, round(1.5 * self.hidden - self.n_embd))
 
 
 def pairs_held(

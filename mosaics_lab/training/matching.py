@@ -1,6 +1,6 @@
 """Parameter matching (``model.match_params_of: <recipe>``): adjust this model's width-free knob
 (``d_ff`` for FFN models, ``pmem_size`` for persistent memories; each config names its own in
-``MATCH_KNOB``) so that the two models differ by less than 2 % in parameter count."""
+``match_knob()``) so that the two models differ by less than 2 % in parameter count."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def match_params(cfg: ModelConfig, other_recipe: str | Path, _seen: tuple[str, .
     if other.match_params_of:  # the target is itself matched to a third recipe: resolve it first
         other = match_params(other, other.match_params_of, (*_seen, key))
     target = count_params(other)
-    knob = getattr(cfg, "MATCH_KNOB", None)
+    knob = cfg.match_knob()
     if knob is None:
         raise RecipeError(f"model.arch {cfg.arch!r} has no knob to adjust for model.match_params_of")
     lo, hi = 1, 64 * max(cfg.n_embd, 1)

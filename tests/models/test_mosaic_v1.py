@@ -162,7 +162,7 @@ def test_tiny_recipes_are_parameter_matched_within_2_percent():
 @pytest.mark.parametrize(("persistent", "knob"), [("pmem", "pmem_size"), ("mlp", "d_ff"), ("swiglu", "d_ff")])
 def test_matching_a_mosaic_to_gpt2_adjusts_its_persistent_memory(persistent, knob):
     cfg = dataclasses.replace(_resolved_model("mosaic_v1_tiny.yaml"), persistent=persistent)
-    assert knob == cfg.MATCH_KNOB
+    assert knob == cfg.match_knob()
     target = _count(_resolved_model("gpt2_tiny.yaml"))
     matched = match_params(cfg, RECIPES / "gpt2_tiny.yaml")
     assert getattr(matched, knob) is not None
