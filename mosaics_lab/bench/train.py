@@ -33,7 +33,6 @@ H200; other GPUs report FLOP/s and no MFU.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 import warnings
@@ -46,7 +45,7 @@ import torch
 from mosaics_lab.config.schema import DistConfig, Recipe, TrainConfig
 from mosaics_lab.models import config_class
 from mosaics_lab.models.base import ModelConfig
-from mosaics_lab.training.matching import TOLERANCE, count_params
+from mosaics_lab.training.matching import count_params, fit_to_param_count
 from mosaics_lab.training.module import LanguageModelModule, lm_loss
 from mosaics_lab.training.optim import build_optimizer
 
@@ -115,16 +114,8 @@ def model_config(arch: str, shape: Shape, **extra: Any) -> ModelConfig:
 
 def matched_baseline(baseline: ModelConfig, target_params: int) -> ModelConfig:
     """`baseline` with d_ff set so that its parameter count is within TOLERANCE of target_params
-    (the search `model.match_params_of` runs, on a config instead of a recipe file)."""
-    count = lambda d_ff: count_params(dataclasses.replace(baseline, d_ff=d_ff))
-    lo, hi = 1, 64 * baseline.n_embd
-    while hi - lo > 1:  # parameter count grows with d_ff
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if count(mid) <= target_params else (lo, mid)
-    best = min((lo, hi), key=lambda v: abs(count(v) - target_params))
-    if abs(count(best) - target_params) / target_params >= TOLERANCE:
-        raise ValueError(f"cannot match {target_params:,} parameters by d_ff for {baseline.arch}")
-    return dataclasses.replace(baseline, d_ff=best)
+    (the matcher `model.match_params_of` uses, on a config instead of a recipe file)."""
+    return fit_to_param_count(baseline, target_params)
 
 
 class Trainee:

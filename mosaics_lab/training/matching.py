@@ -31,10 +31,19 @@ def match_params(cfg: ModelConfig, other_recipe: str | Path, _seen: tuple[str, .
         other = dataclasses.replace(other, vocab_size=cfg.vocab_size)
     if other.match_params_of:  # the target is itself matched to a third recipe: resolve it first
         other = match_params(other, other.match_params_of, (*_seen, key))
-    target = count_params(other)
+    try:
+        return fit_to_param_count(cfg, count_params(other))
+    except ValueError as exc:
+        raise RecipeError(f"cannot match {other_recipe}: {exc}") from exc
+
+
+def fit_to_param_count(cfg: ModelConfig, target: int) -> ModelConfig:
+    """`cfg` with its match knob (`cfg.match_knob()`) set so that its parameter count is within
+    TOLERANCE of `target`: the one matcher, used by recipes (`model.match_params_of`) and benchmarks.
+    Raises ValueError naming the closest count when no value of the knob is close enough."""
     knob = cfg.match_knob()
     if knob is None:
-        raise RecipeError(f"model.arch {cfg.arch!r} has no knob to adjust for model.match_params_of")
+        raise ValueError(f"model.arch {cfg.arch!r} has no knob to adjust for parameter matching")
     lo, hi = 1, 64 * max(cfg.n_embd, 1)
     count = lambda v: count_params(dataclasses.replace(cfg, **{knob: v}, match_params_of=None))
     while hi - lo > 1:  # parameter count is monotone in the knob
@@ -43,8 +52,8 @@ def match_params(cfg: ModelConfig, other_recipe: str | Path, _seen: tuple[str, .
     best = min((lo, hi), key=lambda v: abs(count(v) - target))
     got = count(best)
     if abs(got - target) / target >= TOLERANCE:
-        raise RecipeError(
-            f"cannot match {other_recipe} ({target:,} params) within {TOLERANCE:.0%} by model.{knob}: "
-            f"closest is {got:,} at {knob}={best}; change width or depth"
+        raise ValueError(
+            f"{target:,} params within {TOLERANCE:.0%} by model.{knob} is out of reach: closest is "
+            f"{got:,} at {knob}={best}; change width or depth"
         )
     return dataclasses.replace(cfg, **{knob: best})
