@@ -38,3 +38,21 @@ def tiny_overrides(data_dir: Path, run_dir: Path, steps: int = 2) -> list[str]:
         "log.every_n_steps=1",
         "log.progress_bar=false",
     ]
+
+
+def task_overrides(data_dir: Path, run_dir: Path, steps: int = 2) -> list[str]:
+    """Overrides that make any recipes/icl recipe take seconds: little data, two small steps."""
+    return [
+        f"data.path={data_dir}",
+        "data.generate_args.num_train=32",
+        "data.generate_args.num_val=8",
+        f"log.run_dir={run_dir}",
+        f"train.max_steps={steps}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=4",
+        "train.warmup_steps=1",
+        f"eval.every_n_steps={steps}",
+        "eval.batches=1",
+        "log.every_n_steps=1",
+        "log.progress_bar=false",
+    ]

@@ -106,14 +106,22 @@ def test_accumulation_is_derived_and_checked_against_devices(chain):
         r.train.accumulation(world_size=3)
 
 
-def test_every_shipped_recipe_loads_and_validates():
-    recipes = sorted((REPO / "recipes").rglob("*.yaml"))
-    assert recipes, "no recipes found"
-    for path in recipes:
-        if "common" in path.parts:
-            continue
-        recipe = load_recipe(path)
-        assert recipe.name, path
+SHIPPED_RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "common" not in p.parts)
+
+
+def test_recipes_are_shipped():
+    assert len(SHIPPED_RECIPES) >= 10
+
+
+@pytest.mark.parametrize("path", SHIPPED_RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_shipped_recipe_loads_validates_and_prints_its_config(path, capsys):
+    from mosaics_lab.cli import main
+
+    recipe = load_recipe(path)
+    assert recipe.name and recipe.model.arch
+    assert main(["train", str(path), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert f"name: {recipe.name}" in printed and f"arch: {recipe.model.arch}" in printed
 
 
 def test_loading_a_recipe_imports_no_torch():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -178,4 +177,3 @@ def test_lightning_trains_past_one_epoch_and_checkpoints_the_loader_state(storie
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert "num_samples_yielded" in repr(ckpt["loops"]["fit_loop"]["state_dict"])
-    assert Path(stories_cfg.path).is_dir()

@@ -14,8 +14,7 @@ from mosaics_lab.data.prepare import TASK_DEFAULTS
 from mosaics_lab.data.tasks import TASKS, get_task
 from mosaics_lab.training.matching import count_params, match_params
 from mosaics_lab.training.run import train
-from tests.conftest import REPO
-from tests.evaluation.test_eval_cli import task_overrides
+from tests.conftest import REPO, task_overrides
 
 ICL = REPO / "recipes" / "icl"
 RECIPES = sorted(ICL.glob("*.yaml"))
