@@ -10,7 +10,6 @@ import difflib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +238,3 @@ def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
     except OmegaConfBaseException as exc:
         raise _explain(exc, schema, source) from exc
     return to_recipe(merged, source)
-
-
-def dataclass_keys(obj: Any) -> list[str]:
-    return [f.name for f in fields(obj)] if is_dataclass(obj) else []
