@@ -24,13 +24,28 @@ def format_cell(value: Any, digits: int = 5) -> str:
     return str(value)
 
 
+PARAM_DIGITS = 3  # significant digits of hyperparameter values in labels and tables
+
+
+def short_value(value: Any) -> str:
+    """A hyperparameter value for a label or a table cell: floats with 3 significant digits."""
+    return format_cell(value, PARAM_DIGITS)
+
+
 def columns_of(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every key of every row, in first-seen order."""
     return list(dict.fromkeys(k for row in rows for k in row))
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    digits: Mapping[str, int] | None = None,
+) -> str:
+    """A Markdown table; ``digits`` gives some columns their own significant digits (e.g. 3 for
+    hyperparameters, whose full-precision floats only hide what differs)."""
     columns = list(columns) if columns is not None else columns_of(rows)
+    digits = digits or {}
     if not columns:
         return "(no rows)\n"
 
@@ -39,7 +54,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
     lines = ["| " + " | ".join(esc(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(esc(format_cell(row.get(c))) for c in columns) + " |")
+        cells = (format_cell(row.get(c), digits.get(c, 5)) for c in columns)
+        lines.append("| " + " | ".join(esc(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ note in ``summary.md``; plotting never fails a sweep.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import statistics
 import warnings
@@ -18,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mosaics_lab.analysis.tables import markdown_table, write_csv
+from mosaics_lab.analysis.tables import PARAM_DIGITS, markdown_table, short_value, write_csv
 from mosaics_lab.sweeps.launcher import (
     ERROR_ATTR,
     RUN_DIR_ATTR,
@@ -136,9 +135,13 @@ def seed_rows(study: optuna.Study, params: list[str]) -> list[dict[str, Any]]:
 # --- plots ----------------------------------------------------------------------------------------
 
 
+def param_digits(params: list[str]) -> dict[str, int]:
+    """Markdown digits of the parameter columns: 3 significant digits."""
+    return {p: PARAM_DIGITS for p in params}
+
+
 def _contour_blocker(complete: list[FrozenTrial], params: list[str]) -> str | None:
-    if importlib.util.find_spec("scipy") is None:
-        return "optuna's contour plot needs scipy, which is not installed; see cells.png"
+    # optuna's contour interpolates with scipy, a dependency of this package.
     if len(complete) < 2 or not 2 <= len(params) <= 4:
         return "needs >= 2 completed trials and 2 to 4 parameters"
     return None
@@ -167,7 +170,9 @@ def plot_cells(study: optuna.Study) -> Any:
     varying = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1] or keys
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     rows.sort(key=lambda r: r["mean"], reverse=reverse)
-    labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={r.get(k)}" for k in varying) or "base" for r in rows]
+    labels = [
+        ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(r.get(k))}" for k in varying) or "base" for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(rows)))
     ax.barh(
         range(len(rows)), [r["mean"] for r in rows], xerr=[r["std"] or 0.0 for r in rows], color="tab:blue"
@@ -248,15 +253,16 @@ def summary_markdown(study: optuna.Study, sweep: Sweep, storage: str) -> tuple[s
     ]
     best = _best(study)
     if best is not None:
-        shown = ", ".join(f"{k}={v}" for k, v in best.params.items()) or "base recipe"
+        shown = ", ".join(f"{k}={short_value(v)}" for k, v in best.params.items()) or "base recipe"
         lines.append(f"- best: trial {best.number}, {obj.metric} = {best.value:.6g} ({shown})")
-    lines += ["", "## Trials", "", markdown_table(rows, [*FIXED_COLUMNS, *params, *TAIL_COLUMNS]).rstrip()]
+    columns = [*FIXED_COLUMNS, *params, *TAIL_COLUMNS]
+    lines += ["", "## Trials", "", markdown_table(rows, columns, param_digits(params)).rstrip()]
     if SEED_KEY in params and len(sweep.spec.seeds) > 1:
         lines += [
             "",
             "## Across seeds (completed trials)",
             "",
-            markdown_table(seed_rows(study, params)).rstrip(),
+            markdown_table(seed_rows(study, params), digits=param_digits(params)).rstrip(),
         ]
     return "\n".join(lines) + "\n", rows
 
@@ -280,4 +286,6 @@ def status_text(study: optuna.Study, sweep: Sweep, storage: str) -> str:
     best = _best(study)
     if best is not None and best.value is not None and math.isfinite(best.value):
         head += f"; best trial {best.number}: {sweep.spec.objective.metric} = {best.value:.6g}"
-    return head + "\n\n" + markdown_table(rows, [*FIXED_COLUMNS, *params, *TAIL_COLUMNS])
+    return (
+        head + "\n\n" + markdown_table(rows, [*FIXED_COLUMNS, *params, *TAIL_COLUMNS], param_digits(params))
+    )
