@@ -4,7 +4,8 @@
     prepare_synthetic("stories", "data/stories", num_tokens=2_000_000)
 
 Names are imported lazily (PEP 562): ``litdata.optimize`` runs its writer in a spawned process that
-imports ``mosaics_lab.data.prepare``, and importing that must not drag Lightning in with it.
+imports ``mosaics_lab.data.shards``, and importing that must not drag Lightning in with it. The rooms
+of the data layer are listed in ``mosaics_lab.data.prepare``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ _EXPORTS = {
     "BPETokenizer": "tokenizers",
     "load_tokenizer": "tokenizers",
     "generate_stories": "stories",
-    "prepare_text": "prepare",
-    "prepare_synthetic": "prepare",
+    "prepare_text": "corpora",
+    "prepare_synthetic": "generators",
     "ensure_prepared": "prepare",
-    "read_manifest": "prepare",
+    "read_manifest": "manifest",
     "register_cli": "prepare",
-    "generator_names": "prepare",
+    "generator_names": "generators",
     "LMDataModule": "datamodule",
     "dataset_vocab_size": "datamodule",
 }

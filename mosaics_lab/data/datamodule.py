@@ -28,7 +28,8 @@ import torch
 
 from mosaics_lab.config.schema import DataConfig
 from mosaics_lab.data import DataError
-from mosaics_lab.data.prepare import FORMAT_EXAMPLES, FORMAT_TOKENS, ensure_prepared, is_remote, read_manifest
+from mosaics_lab.data.manifest import FORMAT_EXAMPLES, FORMAT_TOKENS, is_remote, read_manifest
+from mosaics_lab.data.prepare import ensure_prepared
 
 
 def _stack_long(items: Sequence[Any]) -> torch.Tensor:

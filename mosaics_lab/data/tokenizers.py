@@ -176,7 +176,7 @@ class BPETokenizer(Tokenizer):
 
 def load_tokenizer(dataset_dir: str | Path) -> Tokenizer:
     """The tokenizer a prepared dataset was made with (read from its manifest)."""
-    from mosaics_lab.data.prepare import read_manifest, read_text_file
+    from mosaics_lab.data.manifest import read_manifest, read_text_file
 
     manifest = read_manifest(dataset_dir)
     record = manifest.get("tokenizer")

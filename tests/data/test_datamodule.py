@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mosaics_lab.config.schema import DataConfig
-from mosaics_lab.data import DataError
+from mosaics_lab.data import DataError, generators
 from mosaics_lab.data import prepare as P
 from mosaics_lab.data.datamodule import LMDataModule, dataset_vocab_size
 
@@ -123,7 +123,7 @@ class CopyTask:
 @pytest.fixture
 def copy_task_cfg(tmp_path, monkeypatch) -> DataConfig:
     registry = SimpleNamespace(TASKS={"copy": CopyTask}, get_task=lambda name, **kw: CopyTask(**kw))
-    monkeypatch.setattr(P, "_tasks_module", lambda: registry)
+    monkeypatch.setattr(generators, "_tasks_module", lambda: registry)
     path = tmp_path / "copy"
     P.prepare_synthetic("copy", path, seed=0, num_train=40, num_val=6)
     return DataConfig(path=str(path), generate="copy", generate_args={"num_train": 40, "num_val": 6})

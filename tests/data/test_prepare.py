@@ -17,7 +17,7 @@ import pytest
 from litdata import StreamingDataset, TokensLoader
 
 from mosaics_lab.config.schema import DataConfig
-from mosaics_lab.data import DataError
+from mosaics_lab.data import DataError, generators, shards
 from mosaics_lab.data import prepare as P
 from mosaics_lab.data.stories import generate_stories
 from mosaics_lab.data.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
@@ -163,7 +163,7 @@ def test_in_process_writer_matches_litdata_optimize_byte_for_byte(tmp_path):
 
     rng = np.random.default_rng(0)
     pieces = [rng.integers(0, 257, size=int(rng.integers(50, 900))).astype(np.uint16) for _ in range(40)]
-    P.write_shards(iter(pieces), tmp_path / "ours", chunk_bytes=SMALL_CHUNK, tokens=True)
+    shards.write_shards(iter(pieces), tmp_path / "ours", chunk_bytes=SMALL_CHUNK, tokens=True)
     # np.asarray is the identity on an array and pickles by name, so the spawned worker imports nothing
     # of ours; one item per input, as in write_shards.
     optimize(
@@ -177,7 +177,7 @@ def test_in_process_writer_matches_litdata_optimize_byte_for_byte(tmp_path):
         keep_data_ordered=True,
         verbose=False,
     )
-    P.stamp_index(tmp_path / "theirs")
+    shards.stamp_index(tmp_path / "theirs")
     ours, theirs = _files(tmp_path / "ours"), _files(tmp_path / "theirs")
     assert len(ours) > 3 and ours == theirs
 
@@ -209,7 +209,7 @@ def fake_tasks(monkeypatch):
         return FakeTask(**kwargs)
 
     registry = SimpleNamespace(TASKS={"fake": FakeTask}, get_task=get_task)
-    monkeypatch.setattr(P, "_tasks_module", lambda: registry)
+    monkeypatch.setattr(generators, "_tasks_module", lambda: registry)
 
 
 def _examples(split_dir: Path) -> list[dict]:
@@ -308,7 +308,7 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_dataset(tmp_path):
 
 
 def test_a_failing_prepare_leaves_no_output_and_keeps_an_old_dataset(tmp_path, monkeypatch):
-    real = P.write_shards
+    real = shards.write_shards
     calls = []
 
     def fail_on_val(items, split_dir, chunk_bytes, tokens):
@@ -317,16 +317,16 @@ def test_a_failing_prepare_leaves_no_output_and_keeps_an_old_dataset(tmp_path, m
             raise RuntimeError("disk full")
         return real(items, split_dir, chunk_bytes, tokens)
 
-    monkeypatch.setattr(P, "write_shards", fail_on_val)
+    monkeypatch.setattr(shards, "write_shards", fail_on_val)
     with pytest.raises(RuntimeError, match="disk full"):
         P.prepare_synthetic("stories", tmp_path / "new", num_tokens=5_000)
     assert calls == ["train", "val"]
     assert list(tmp_path.iterdir()) == []
 
-    monkeypatch.setattr(P, "write_shards", real)
+    monkeypatch.setattr(shards, "write_shards", real)
     old = P.prepare_synthetic("stories", tmp_path / "old", seed=0, num_tokens=5_000)
     before = _files(old)
-    monkeypatch.setattr(P, "write_shards", fail_on_val)
+    monkeypatch.setattr(shards, "write_shards", fail_on_val)
     with pytest.raises(RuntimeError):
         P.prepare_synthetic("stories", old, seed=9, num_tokens=5_000, overwrite=True)
     assert _files(old) == before and [p.name for p in tmp_path.iterdir()] == ["old"]
@@ -448,7 +448,10 @@ def test_cli_parses_file_sources_and_task_arguments(tmp_path):
             "random_non_queries=false",
         ]
     )
-    assert P._parse_args_list(args.arg) == {"num_kv_pairs": 8, "random_non_queries": False}
-    assert [P.parse_value(v) for v in ("0.5", "True", "null", "abc")] == [0.5, True, None, "abc"]
+    assert P.parse_args_list(args.arg) == {"num_kv_pairs": 8, "random_non_queries": False}
+    values = P.parse_args_list(["a=0.5", "b=True", "c=null", "d=abc", "e=[1, 2]"])
+    assert values == {"a": 0.5, "b": True, "c": None, "d": "abc", "e": [1, 2]}  # YAML values, as overrides
     with pytest.raises(DataError, match="key=value"):
-        P._parse_args_list(["num_kv_pairs"])
+        P.parse_args_list(["num_kv_pairs"])
+    with pytest.raises(DataError, match="resolver"):
+        P.parse_args_list(["seq_len=${oc.env:HOME}"])
