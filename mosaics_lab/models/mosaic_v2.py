@@ -342,7 +342,7 @@ class LongTermMemory(ContextualMemory):
         return self.weights(u, *self.lags(delay), docs)
 
 
-class PersistentMemory(nn.Module):
+class SwiGLU(nn.Module):
     """The paper's persistent memory: a SwiGLU FFN, W_2(SiLU(W_1 x) * W_3 x), hidden d_ff."""
 
     def __init__(self, config: MosaicV2Config) -> None:
@@ -357,7 +357,7 @@ class PersistentMemory(nn.Module):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
-class PersistentMemoryBank(nn.Module):
+class PersistentMemory(nn.Module):
     """v1's persistent memory, compact (MODELS.md 1, one bank): S learned (key, value) pairs per head,
     read without mask or position by a v1 leaky key scaled by a fixed learned bandwidth, times a
     per-head output scale exp(10 psi_h) (psi = -0.05 at init), then c_proj. Kept here rather than
@@ -407,7 +407,7 @@ class Block(nn.Module):
         else:
             self.ffn_norm = nn.RMSNorm(C, eps=config.norm_eps)
             self.ffn = (
-                PersistentMemory(config) if config.persistent == "swiglu" else PersistentMemoryBank(config)
+                SwiGLU(config) if config.persistent == "swiglu" else PersistentMemory(config)
             )
 
     def forward(
@@ -458,7 +458,7 @@ class MosaicV2(LanguageModel):
         _trunc_normal_(self.tok_embeddings.weight, 1.0 / math.sqrt(2 * C))
         _trunc_normal_(self.lm_head.weight, 1.0 / math.sqrt(2 * C))
         for layer, block in enumerate(self.blocks):
-            ffn_out = block.ffn.w2 if isinstance(block.ffn, PersistentMemory) else None
+            ffn_out = block.ffn.w2 if isinstance(block.ffn, SwiGLU) else None
             for module in block.modules():
                 if isinstance(module, nn.Linear):
                     width = self.config.hidden if module is ffn_out else C
