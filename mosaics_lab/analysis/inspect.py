@@ -284,6 +284,31 @@ def figure_rgb(fig: Figure) -> np.ndarray:
 # --- the entry point -------------------------------------------------------------------------------------
 
 
+def parse_window(text: str | None, T: int) -> tuple[int, int]:
+    """'--window A:B' -> positions A..B-1 of the prompt (either side may be empty); None = all."""
+    if text is None:
+        return 0, T
+    start, sep, end = text.partition(":")
+    try:
+        lo = int(start) if start.strip() else 0
+        hi = int(end) if end.strip() else T
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 0 <= lo < hi <= T:
+        raise InspectError(
+            f"--window must be START:END with 0 <= START < END <= {T} (the prompt's length), got {text!r}"
+        )
+    return lo, hi
+
+
+def crop(prompt: Prompt, lo: int, hi: int) -> Prompt:
+    """The prompt's positions lo..hi-1 (answers renumbered), for zooming into a long prompt."""
+    answers = {
+        t - lo: [i - lo for i in pairs if lo <= i < hi] for t, pairs in prompt.answers.items() if lo <= t < hi
+    }
+    return Prompt(prompt.ids[lo:hi], prompt.labels[lo:hi], answers, prompt.source)
+
+
 @dataclass
 class InspectOptions:
     prompt: str | None = None
@@ -292,6 +317,7 @@ class InspectOptions:
     memory: str | None = None
     example: int = 0
     seed: int | None = None
+    window: str | None = None  # "A:B": plot the retrievals of positions A..B-1 only
     which: str = "last"
     out_dir: str | Path | None = None
     tensorboard: bool = True
@@ -335,6 +361,7 @@ def inspect_run(path: str | Path, options: InspectOptions) -> dict[str, Path]:
         prompt = prompt_from_task(recipe, options.task, options.example, options.seed)
     else:
         prompt = prompt_from_text(recipe, options.prompt)
+    lo, hi = parse_window(options.window, len(prompt.ids))
     idx = torch.tensor([prompt.ids], dtype=torch.long)
     doc_ids = None
     if recipe.data.document_mask:  # seen as it trained: each position reads only its own document
@@ -349,11 +376,15 @@ def inspect_run(path: str | Path, options: InspectOptions) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     head = f"{recipe.name} ({recipe.model.arch})"
     figures: dict[str, Figure] = {}
+    shown = crop(prompt, lo, hi)
+    if (lo, hi) != (0, len(prompt.ids)):
+        shown.source += f", positions {lo}..{hi - 1}"
     for layer, name, _ in chosen:
+        weights = recorded.weights[(layer, name)][0, :, lo:hi]  # (H, rows, pairs)
         figures[f"retrievals_{name}_layer{layer}"] = plot_retrievals(
-            recorded.weights[(layer, name)][0],
-            prompt,
-            f"{head}: layer {layer} {name} retrieval weights, {prompt.source}",
+            weights if name == "pmem" else weights[..., lo:hi],
+            shown,
+            f"{head}: layer {layer} {name} retrieval weights, {shown.source}",
             persistent=name == "pmem",
         )
     contextual = [(layer, name, m) for layer, name, m in chosen if name != "pmem"]
@@ -411,6 +442,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--example", type=int, default=0, help="--task: which test example (default %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="--task: seed of the examples (default: data.seed)")
+    p.add_argument(
+        "--window", default=None, metavar="A:B", help="plot the retrievals of positions A..B-1 only (a zoom)"
+    )
     p.add_argument("--layer", type=int, default=None, help="one layer (default: all)")
     p.add_argument("--memory", choices=MEMORY_NAMES, default=None, help="one memory (default: all)")
     p.add_argument("--which", choices=("last", "best"), default="last")
@@ -427,6 +461,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         memory=args.memory,
         example=args.example,
         seed=args.seed,
+        window=args.window,
         which=args.which,
         out_dir=args.out,
         tensorboard=not args.no_tensorboard,

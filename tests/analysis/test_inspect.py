@@ -68,6 +68,15 @@ def test_layer_and_memory_select_one_retrieval_figure(mqar_v2_run, tmp_path):
     assert all(p.parent == tmp_path for p in written.values())
 
 
+def test_a_window_zooms_into_the_prompt_and_keeps_the_answers_that_fall_inside():
+    from mosaics_lab.analysis.inspect import Prompt, crop, parse_window
+
+    prompt = Prompt(list(range(10)), [str(i) for i in range(10)], {8: [2, 5], 3: [1]})
+    assert parse_window("4:", 10) == (4, 10)
+    zoomed = crop(prompt, *parse_window("4:10", 10))
+    assert zoomed.ids == [4, 5, 6, 7, 8, 9] and zoomed.answers == {4: [1]}
+
+
 def test_a_text_prompt_on_mosaic_v1_shows_the_contextual_and_persistent_memories(v1_stories_run, tmp_path):
     written = inspect_run(
         v1_stories_run,
@@ -88,6 +97,7 @@ def test_a_text_prompt_on_mosaic_v1_shows_the_contextual_and_persistent_memories
         (InspectOptions(prompt="a", task="mqar"), "exactly one of --prompt"),
         (InspectOptions(task="mqar", memory="cmem"), "has stm, ltm"),
         (InspectOptions(task="mqar", layer=5), "--layer must be in 0..1"),
+        (InspectOptions(task="mqar", window="20:10"), "--window must be START:END"),
     ],
 )
 def test_bad_requests_say_what_to_change(mqar_v2_run, options, message):
