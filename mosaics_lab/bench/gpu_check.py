@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from mosaics_lab.analysis.tables import markdown_table
 from mosaics_lab.bench.gpu_common import GPU, QUICK, CheckFailed, Context
 
 PARTS = ("ops", "blocks", "train", "throughput", "fsdp", "stm", "syncs")
@@ -170,11 +171,19 @@ def _row_result(row: dict) -> str:
 
 
 def format_table(parts: dict[str, dict]) -> str:
-    lines = ["| part | check | status | result | s |", "|---|---|---|---|---:|"]
+    table = []
     for name, part in parts.items():
-        seconds = f"{part['seconds']:.1f}" if part.get("seconds") is not None else ""
+        seconds = f"{part['seconds']:.1f}" if part.get("seconds") is not None else None
         detail = part.get("reason") or part.get("error") or _summary(name, part["rows"])
-        lines.append(f"| **{name}** | | **{part['status']}** | {detail} | {seconds} |")
+        table.append(
+            {
+                "part": f"**{name}**",
+                "check": None,
+                "status": f"**{part['status']}**",
+                "result": detail,
+                "s": seconds,
+            }
+        )
         for row in part["rows"]:
             status = (
                 "pending"
@@ -182,8 +191,10 @@ def format_table(parts: dict[str, dict]) -> str:
                 else ("finding" if row.get("finding") else ("ok" if row.get("ok") else "FAIL"))
             )
             label = row["check"] + "".join(f", {row[k]}" for k in ("dtype", "path") if k in row)
-            lines.append(f"| {name} | {label} | {status} | {_row_result(row)} | |")
-    return "\n".join(lines)
+            table.append(
+                {"part": name, "check": label, "status": status, "result": _row_result(row), "s": None}
+            )
+    return markdown_table(table, columns=["part", "check", "status", "result", "s"])
 
 
 def run_gpu_check(args: argparse.Namespace) -> int:

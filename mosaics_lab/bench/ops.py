@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mosaics_lab.analysis.tables import markdown_table
 from mosaics_lab.ops import (
     kernel_regression,
     kernel_regression_reference,
@@ -171,18 +172,26 @@ def bench_ops(
 def format_table(rows: Sequence[dict]) -> str:
     """Markdown table of `bench_ops` rows, with each row's speed-up over the reference (same op, T)."""
     reference_ms = {(r["op"], r["T"]): r["ms_fwd_bwd"] for r in rows if r["impl"] == "reference"}
-    lines = [
-        "| op | impl | T | B | H | D | ms fwd+bwd | saved MiB | speed-up vs reference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    table = []
     for r in rows:
         if r["skipped"]:
             ms = mib = f"skipped ({r['skipped']})"
-            speedup = ""
+            speedup = None
         else:
             ms, mib = f"{r['ms_fwd_bwd']:.2f}", f"{r['peak_mib']:.2f}"
             ref = reference_ms.get((r["op"], r["T"]))
-            speedup = f"{ref / r['ms_fwd_bwd']:.1f}x" if ref and r["impl"] != "reference" else ""
-        cells = [r["op"], r["impl"], r["T"], r["B"], r["H"], r["D"], ms, mib, speedup]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+            speedup = f"{ref / r['ms_fwd_bwd']:.1f}x" if ref and r["impl"] != "reference" else None
+        table.append(
+            {
+                "op": r["op"],
+                "impl": r["impl"],
+                "T": r["T"],
+                "B": r["B"],
+                "H": r["H"],
+                "D": r["D"],
+                "ms fwd+bwd": ms,
+                "saved MiB": mib,
+                "speed-up vs reference": speedup,
+            }
+        )
+    return markdown_table(table)

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from mosaics_lab.analysis.tables import markdown_table
 from mosaics_lab.config.schema import DistConfig, Recipe, TrainConfig
 from mosaics_lab.models import config_class
 from mosaics_lab.models.base import ModelConfig
@@ -450,68 +451,58 @@ def bench_document_mask(
 
 
 def format_document_mask(rows: Sequence[dict]) -> str:
-    lines = [
-        "| arch | T | B | doc len | ms/step | ms/step masked | masked / plain | peak MiB | peak MiB masked |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    table = [
+        {
+            "arch": r["arch"],
+            "T": r["T"],
+            "B": r["B"],
+            "doc len": r["doc_len"],
+            "ms/step": f"{r['ms_per_step']:.1f}",
+            "ms/step masked": f"{r['ms_per_step_masked']:.1f}",
+            "masked / plain": f"{r['masked_over_plain']:.2f}x",
+            "peak MiB": f"{r['peak_mib']:.0f}",
+            "peak MiB masked": f"{r['peak_mib_masked']:.0f}",
+        }
+        for r in rows
     ]
-    for r in rows:
-        cells = [
-            r["arch"],
-            r["T"],
-            r["B"],
-            r["doc_len"],
-            f"{r['ms_per_step']:.1f}",
-            f"{r['ms_per_step_masked']:.1f}",
-            f"{r['masked_over_plain']:.2f}x",
-            f"{r['peak_mib']:.0f}",
-            f"{r['peak_mib_masked']:.0f}",
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(table)
 
 
 def format_pairs(rows: Sequence[dict]) -> str:
-    lines = [
-        "| arch | vs | T | B | params | d_ff | ms/step | tokens/s | ratio vs baseline | GFLOP/step "
-        "| TFLOP/s | MFU | peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    table = [
+        {
+            "arch": r["arch"],
+            "vs": r["vs"],
+            "T": r["T"],
+            "B": r["B"],
+            "params": f"{r['params']:,}",
+            "d_ff": r["d_ff"],
+            "ms/step": f"{r['ms_per_step']:.1f}",
+            "tokens/s": f"{r['tokens_per_sec']:,.0f}",
+            "ratio vs baseline": f"{r['ratio_vs_baseline']:.3f}x"
+            if r["arch"].startswith("mosaic")
+            else "(baseline)",
+            "GFLOP/step": None if r["gflop_per_step"] is None else f"{r['gflop_per_step']:.1f}",
+            "TFLOP/s": None if r["tflops_per_sec"] is None else f"{r['tflops_per_sec']:.3f}",
+            "MFU": None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            "peak MiB": f"{r['peak_mib']:.0f}",
+        }
+        for r in rows
     ]
-    for r in rows:
-        mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        ratio = f"{r['ratio_vs_baseline']:.3f}x" if r["arch"].startswith("mosaic") else "(baseline)"
-        cells = [
-            r["arch"],
-            r["vs"],
-            r["T"],
-            r["B"],
-            f"{r['params']:,}",
-            r["d_ff"] if r["d_ff"] is not None else "",
-            f"{r['ms_per_step']:.1f}",
-            f"{r['tokens_per_sec']:,.0f}",
-            ratio,
-            "" if r["gflop_per_step"] is None else f"{r['gflop_per_step']:.1f}",
-            "" if r["tflops_per_sec"] is None else f"{r['tflops_per_sec']:.3f}",
-            mfu,
-            f"{r['peak_mib']:.0f}",
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(table)
 
 
 def format_scaling(rows: Sequence[dict]) -> str:
-    lines = [
-        "| arch | memories | T | ms/step | us/token | peak MiB | KiB/token |",
-        "|---|---|---:|---:|---:|---:|---:|",
+    table = [
+        {
+            "arch": r["arch"],
+            "memories": r["memories"],
+            "T": r["T"],
+            "ms/step": f"{r['ms_per_step']:.1f}",
+            "us/token": f"{r['us_per_token']:.1f}",
+            "peak MiB": f"{r['peak_mib']:.0f}",
+            "KiB/token": f"{r['kib_per_token']:.1f}",
+        }
+        for r in rows
     ]
-    for r in rows:
-        cells = [
-            r["arch"],
-            r["memories"],
-            r["T"],
-            f"{r['ms_per_step']:.1f}",
-            f"{r['us_per_token']:.1f}",
-            f"{r['peak_mib']:.0f}",
-            f"{r['kib_per_token']:.1f}",
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(table)
