@@ -60,6 +60,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="override a field of the synthetic task's config (repeatable), e.g. --task-arg num_kv_pairs=8",
     )
     p.add_argument("--out", default=None, help="directory for the JSON and PNG (default: <run>/eval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
 
@@ -89,6 +90,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         task_args=parse_task_args(args.task_arg),
         out_dir=args.out,
+        progress=not args.quiet,
     )
     record = evaluate(args.run, args.task, options)
     print(format_record(record))

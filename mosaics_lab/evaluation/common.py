@@ -10,7 +10,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -172,6 +172,20 @@ def collate_examples(examples: Sequence[TaskExample]) -> dict[str, Any]:
         "labels": torch.from_numpy(out["labels"]),
         "meta": out["meta"],
     }
+
+
+class Progress(Protocol):
+    """What the evaluators tick once per scored batch: a tqdm bar (``progress_bar``), or anything
+    with ``update(n)``."""
+
+    def update(self, n: int = 1) -> object: ...
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
+    """A tqdm bar on stderr over ``total`` batches (disabled: prints nothing)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, dynamic_ncols=True)
 
 
 def check_positive(name: str, value: int) -> None:

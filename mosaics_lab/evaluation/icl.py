@@ -46,6 +46,7 @@ from mosaics_lab.evaluation.common import (
     EvalError,
     EvalResult,
     LengthSpec,
+    Progress,
     batched,
     check_positive,
     collate_examples,
@@ -70,6 +71,7 @@ class TaskEvalOptions:
     lengths: Sequence[LengthSpec] = ()
     shots: Sequence[int] = ()
     split: str = SPLIT
+    progress: Progress | None = None  # ticked once per scored batch
 
     def __post_init__(self) -> None:
         check_positive("--batches", self.batches)
@@ -114,6 +116,7 @@ def _accumulate(
     batch_size: int,
     metrics: dict[str, Metric],
     update: Callable[[str, Metric, torch.Tensor, dict[str, Any], list[TaskExample]], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``examples`` in batches; each metric is updated with (logits, labels) unless
     ``update`` is given. Returns the computed values."""
@@ -125,6 +128,8 @@ def _accumulate(
                 metric.update(logits, batch["labels"])
             else:
                 update(name, metric, logits, batch, chunk)
+        if progress is not None:
+            progress.update(1)
     return {name: metric.compute() for name, metric in metrics.items()}
 
 
@@ -182,7 +187,9 @@ def _single_point(model: nn.Module, task: SyntheticTask) -> None:
 def evaluate_mqar(model: nn.Module, task: SyntheticTask, options: TaskEvalOptions) -> EvalResult:
     _single_point(model, task)
     examples = eval_examples(task, options)
-    out = _accumulate(model, examples, options.batch_size, {"accuracy": MaskedAccuracy()})
+    out = _accumulate(
+        model, examples, options.batch_size, {"accuracy": MaskedAccuracy()}, progress=options.progress
+    )
     accuracy = finite_or_none(out["accuracy"])
     return EvalResult(
         metrics={"accuracy": accuracy},
@@ -199,7 +206,9 @@ def evaluate_regbench(model: nn.Module, task: RegBench, options: TaskEvalOptions
         targets = regbench_targets(chunk, vocab_size)
         metric.update(logits, targets.legal_next_mask, targets.score_mask, targets.support_mask)
 
-    out = _accumulate(model, examples, options.batch_size, {"score": RegBenchScore()}, update)
+    out = _accumulate(
+        model, examples, options.batch_size, {"score": RegBenchScore()}, update, options.progress
+    )
     return EvalResult(
         metrics={
             "accuracy": finite_or_none(out["score"]["accuracy"]),
@@ -226,7 +235,7 @@ def _sweep(
             points.append({**point, "status": "n/a", "reason": reason, "metrics": dict.fromkeys(names)})
             continue
         examples = eval_examples(variant.task, options)
-        out = _accumulate(model, examples, options.batch_size, make_metrics())
+        out = _accumulate(model, examples, options.batch_size, make_metrics(), progress=options.progress)
         metrics = {name: finite_or_none(value) for name, value in out.items()}
         points.append({**point, "status": "ok", "num_examples": len(examples), "metrics": metrics})
     ran = [p[axis] for p in points if p["status"] == "ok"]

@@ -32,6 +32,7 @@ from mosaics_lab.evaluation.common import (
     EvalError,
     EvalResult,
     LengthSpec,
+    Progress,
     finite_or_none,
     forward_logits,
     length_limit,
@@ -99,14 +100,18 @@ def in_context_gain(curve: Sequence[float] | np.ndarray, head: int = GAIN_HEAD) 
     }
 
 
-def _take(batches: Iterable[dict], max_batches: int) -> Iterable[dict]:
+def _take(batches: Iterable[dict], max_batches: int, progress: Progress | None = None) -> Iterable[dict]:
     for i, batch in enumerate(batches):
         if i >= max_batches:
             return
         yield batch
+        if progress is not None:
+            progress.update(1)
 
 
-def evaluate_val(model: nn.Module, batches: Iterable[dict], max_batches: int) -> EvalResult:
+def evaluate_val(
+    model: nn.Module, batches: Iterable[dict], max_batches: int, progress: Progress | None = None
+) -> EvalResult:
     """Mean next-token loss over the labelled positions of up to ``max_batches`` batches, and exp of it.
 
     A ``MeanMetric`` weighted by the labelled-token count rather than ``torchmetrics.text.Perplexity``:
@@ -117,7 +122,7 @@ def evaluate_val(model: nn.Module, batches: Iterable[dict], max_batches: int) ->
     mean = MeanMetric()
     window_losses: list[float] = []
     windows = 0
-    for batch in _take(batches, max_batches):
+    for batch in _take(batches, max_batches, progress):
         labels = batch["labels"]
         losses = token_losses(forward_logits(model, batch["input_ids"]), labels)
         counts = (labels != IGNORE_INDEX).sum(dim=1)
@@ -140,14 +145,18 @@ def evaluate_val(model: nn.Module, batches: Iterable[dict], max_batches: int) ->
 
 
 def per_position_curve(
-    model: nn.Module, batches: Iterable[dict], length: int, max_batches: int
+    model: nn.Module,
+    batches: Iterable[dict],
+    length: int,
+    max_batches: int,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, int]:
     """The (T,) per-position loss over up to ``max_batches`` batches of windows of ``length``, and the
     number of windows used."""
     model.eval()
     metric = PerPositionLoss(length)
     windows = 0
-    for batch in _take(batches, max_batches):
+    for batch in _take(batches, max_batches, progress):
         metric.update(forward_logits(model, batch["input_ids"]), batch["labels"])
         windows += batch["input_ids"].shape[0]
     if windows == 0:
@@ -163,10 +172,14 @@ def _curve_json(curve: np.ndarray) -> list[float | None]:
 
 
 def evaluate_per_position(
-    model: nn.Module, batches: Iterable[dict], length: int, max_batches: int
+    model: nn.Module,
+    batches: Iterable[dict],
+    length: int,
+    max_batches: int,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Per-position loss at the training length: one point per position, plus the gain summary."""
-    curve, windows = per_position_curve(model, batches, length, max_batches)
+    curve, windows = per_position_curve(model, batches, length, max_batches, progress)
     gain = in_context_gain(curve)
     head = gain.pop("gain_head_positions")
     points = [
@@ -188,6 +201,7 @@ def evaluate_extrapolation(
     train_length: int,
     lengths: Sequence[LengthSpec],
     max_batches: int,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Per-position loss at each length of ``lengths`` (``batches_at(T)`` gives windows of T tokens).
 
@@ -204,7 +218,7 @@ def evaluate_extrapolation(
         if reason is not None:
             points.append({**point, "status": "n/a", "reason": reason, "metrics": dict.fromkeys(names)})
             continue
-        curve, windows = per_position_curve(model, batches_at(length), length, max_batches)
+        curve, windows = per_position_curve(model, batches_at(length), length, max_batches, progress)
         beyond = curve[train_length:]
         metrics = {
             "loss": finite_or_none(np.nanmean(curve)) if np.isfinite(curve).any() else None,

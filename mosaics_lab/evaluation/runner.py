@@ -65,8 +65,15 @@ from mosaics_lab.evaluation.common import (
     LengthSpec,
     parse_lengths,
     parse_shots,
+    progress_bar,
 )
-from mosaics_lab.evaluation.icl import DEFAULT_LENGTHS, DEFAULT_SHOTS, TaskEvalOptions, evaluate_task
+from mosaics_lab.evaluation.icl import (
+    DEFAULT_LENGTHS,
+    DEFAULT_SHOTS,
+    TaskEvalOptions,
+    evaluate_task,
+    variants,
+)
 from mosaics_lab.evaluation.lm import evaluate_extrapolation, evaluate_per_position, evaluate_val
 from mosaics_lab.evaluation.plots import plot_result
 
@@ -96,6 +103,7 @@ class EvalOptions:
     task_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     out_dir: str | Path | None = None  # None: <run>/eval
     tensorboard: bool = True
+    progress: bool = True  # a tqdm bar over (points x batches) on stderr; the CLI's --quiet turns it off
 
 
 # --- resolving the run ----------------------------------------------------------------------------------
@@ -166,7 +174,12 @@ def _val_data(
 
 
 def _evaluate_lm(
-    task: str, recipe: Recipe, model: torch.nn.Module, options: EvalOptions, lengths: Sequence[LengthSpec]
+    task: str,
+    recipe: Recipe,
+    model: torch.nn.Module,
+    options: EvalOptions,
+    lengths: Sequence[LengthSpec],
+    progress: Any = None,
 ) -> EvalResult:
     block = recipe.model.block_size
     batches, fmt, seq_len, eot_id = _val_data(recipe, block, options.batch_size)
@@ -174,9 +187,9 @@ def _evaluate_lm(
         # Evaluated as it trained: every position sees only its own document.
         model = DocumentMasked(model, eot_id)
     if task == "val":
-        return evaluate_val(model, batches, options.batches)
+        return evaluate_val(model, batches, options.batches, progress)
     if task == "per_position":
-        return evaluate_per_position(model, batches, seq_len or block, options.batches)
+        return evaluate_per_position(model, batches, seq_len or block, options.batches, progress)
     if fmt != FORMAT_TOKENS:
         raise EvalError(
             f"extrapolation reads longer windows of a token stream, but this run trained on "
@@ -189,6 +202,7 @@ def _evaluate_lm(
         block,
         lengths,
         options.batches,
+        progress,
     )
 
 
@@ -227,11 +241,16 @@ def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) ->
     started = time.time()
     record_task: dict[str, Any] = {}
     if task in LM_TASKS:
-        result = _evaluate_lm(task, recipe, model, options, lengths)
+        points = len(lengths) if task == "extrapolation" else 1
+        with progress_bar(points * options.batches, f"eval {task}", options.progress) as bar:
+            result = _evaluate_lm(task, recipe, model, options, lengths, bar)
     else:
         task_cfg, source = task_from_recipe(recipe, task, options.task_args)
         task_options.seed = recipe.data.seed if options.seed is None else options.seed
-        result = evaluate_task(model, task_cfg, task_options)
+        points = len(variants(task_cfg, task_options))
+        with progress_bar(points * options.batches, f"eval {task}", options.progress) as bar:
+            task_options.progress = bar
+            result = evaluate_task(model, task_cfg, task_options)
         record_task = {"task_config_source": source}
     wall = time.time() - started
 
