@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,3 +470,19 @@ def run_inspect(args: argparse.Namespace) -> int:
     for name, path in inspect_run(args.run, options).items():
         print(f"{name}: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mosaics_lab.analysis.inspect ...``: the same arguments as ``mosaics-lab inspect``."""
+    parser = argparse.ArgumentParser(prog="python -m mosaics_lab.analysis.inspect")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["inspect", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_inspect(args)
+    except ValueError as exc:
+        print(f"inspect: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

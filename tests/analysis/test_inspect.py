@@ -114,3 +114,14 @@ def test_a_transformer_has_nothing_to_inspect(tmp_path):
     run = train(recipe)
     with pytest.raises(InspectError, match="no associative memories"):
         inspect_run(run, InspectOptions(task="mqar"))
+
+
+def test_the_module_entry_point_takes_the_cli_arguments(mqar_v2_run, tmp_path, capsys):
+    from mosaics_lab.analysis.inspect import main
+
+    assert (
+        main([str(mqar_v2_run), "--task", "mqar", "--layer", "0", "--out", str(tmp_path), "--no-tensorboard"])
+        == 0
+    )
+    assert "retrievals_stm_layer0" in capsys.readouterr().out
+    assert main([str(mqar_v2_run), "--task", "mqar", "--window", "9:3"]) == 2
