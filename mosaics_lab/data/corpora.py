@@ -17,7 +17,14 @@ import numpy as np
 
 from mosaics_lab.data import DataError
 from mosaics_lab.data.manifest import FORMAT_TOKENS, SPLITS, is_remote, write_manifest
-from mosaics_lab.data.shards import auto_chunk_bytes, check_out, staged_output, token_dtype, write_token_split
+from mosaics_lab.data.shards import (
+    auto_chunk_bytes,
+    check_out,
+    progress_bar,
+    staged_output,
+    token_dtype,
+    write_token_split,
+)
 from mosaics_lab.data.tokenizers import (
     TOKENIZER_NAMES,
     BPETokenizer,
@@ -200,8 +207,10 @@ def write_tokens_dataset(
     val_fraction: float,
     seed: int,
     chunk_bytes: int | None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Tokenise ``docs`` into tmp/train and tmp/val shards; returns the manifest's counts and layout."""
+    """Tokenise ``docs`` into tmp/train and tmp/val shards; returns the manifest's counts and layout.
+    progress: a bar over the documents on stderr."""
     dtype = token_dtype(tok.vocab_size)
     files = {s: tmp / f".{s}.tokens" for s in SPLITS}
     counts = {s: {"tokens": 0, "documents": 0} for s in SPLITS}
@@ -224,14 +233,16 @@ def write_tokens_dataset(
         else:
             mask = _val_mask(num_docs, val_fraction, seed)
             index = 0
-            for batch in _batched(docs(), 256):
-                for ids_list in tok.encode_batch(batch):
-                    split = "val" if mask[index] else "train"
-                    ids = np.concatenate([np.asarray(ids_list, dtype=dtype), eot])
-                    ids.tofile(fval if split == "val" else ftrain)
-                    counts[split]["tokens"] += len(ids)
-                    counts[split]["documents"] += 1
-                    index += 1
+            with progress_bar(num_docs, "tokenizing", "doc", progress) as bar:
+                for batch in _batched(docs(), 256):
+                    for ids_list in tok.encode_batch(batch):
+                        split = "val" if mask[index] else "train"
+                        ids = np.concatenate([np.asarray(ids_list, dtype=dtype), eot])
+                        ids.tofile(fval if split == "val" else ftrain)
+                        counts[split]["tokens"] += len(ids)
+                        counts[split]["documents"] += 1
+                        index += 1
+                    bar.update(len(batch))
             assert index == num_docs, f"documents changed between passes: {num_docs} then {index}"
             split_by = "documents"
     total_bytes = sum(c["tokens"] for c in counts.values()) * np.dtype(dtype).itemsize
@@ -264,6 +275,7 @@ def prepare_text(
     *,
     file_format: str | None = None,
     chunk_bytes: int | None = None,
+    progress: bool = False,
 ) -> Path:
     """Tokenise .txt / .jsonl / .parquet files (globs allowed) into ``out``; returns ``out``.
 
@@ -296,6 +308,6 @@ def prepare_text(
         "sha256": hashlib.sha256("".join(f["sha256"] for f in described).encode()).hexdigest(),
     }
     with staged_output(out, overwrite) as tmp:
-        body = write_tokens_dataset(tmp, docs, num_docs, tok, val_fraction, seed, chunk_bytes)
+        body = write_tokens_dataset(tmp, docs, num_docs, tok, val_fraction, seed, chunk_bytes, progress)
         write_manifest(tmp, body, source)
     return out

@@ -14,7 +14,7 @@ import numpy as np
 from mosaics_lab.data import DataError
 from mosaics_lab.data.corpora import check_val_fraction, write_tokens_dataset
 from mosaics_lab.data.manifest import FORMAT_EXAMPLES, TASK_SPLITS, write_manifest
-from mosaics_lab.data.shards import auto_chunk_bytes, check_out, staged_output, write_shards
+from mosaics_lab.data.shards import auto_chunk_bytes, check_out, progress_bar, staged_output, write_shards
 from mosaics_lab.data.tasks.base import IGNORE_INDEX
 from mosaics_lab.data.tokenizers import (
     BPETokenizer,
@@ -107,6 +107,7 @@ def prepare_synthetic(
     *,
     bpe_vocab_size: int = 4096,
     chunk_bytes: int | None = None,
+    progress: bool = False,
     **generator_args: Any,
 ) -> Path:
     """Generate ``generator``'s data (seeded, deterministic) into ``out``; returns ``out``.
@@ -114,14 +115,15 @@ def prepare_synthetic(
     ``stories``: ``num_tokens`` (default 2_000_000; counted with the chosen tokenizer) and
     ``val_fraction`` (0.05). Any task of ``mosaics_lab.data.tasks``: the task's fields plus
     ``num_train`` / ``num_val`` example counts (defaults 20_000 / 500), written as "examples" shards.
+    progress: bars over the documents / examples on stderr.
     """
     out = Path(out)
     args = resolve_generator_args(generator, tokenizer, bpe_vocab_size, **generator_args)
     check_out(out, overwrite)
     source = {"kind": "generator", "generator": generator, "args": args, "seed": seed}
     if generator == STORIES:
-        return _prepare_stories(out, args, seed, tokenizer, overwrite, chunk_bytes, source)
-    return _prepare_task(out, generator, args, seed, overwrite, chunk_bytes, source)
+        return _prepare_stories(out, args, seed, tokenizer, overwrite, chunk_bytes, source, progress)
+    return _prepare_task(out, generator, args, seed, overwrite, chunk_bytes, source, progress)
 
 
 def _prepare_stories(
@@ -132,6 +134,7 @@ def _prepare_stories(
     overwrite: bool,
     chunk_bytes: int | None,
     source: dict[str, Any],
+    progress: bool = False,
 ) -> Path:
     from mosaics_lab.data.stories import generate_stories
 
@@ -148,18 +151,22 @@ def _prepare_stories(
         stories = list(generate_stories(num_tokens, seed))
     with staged_output(out, overwrite) as tmp:
         body = write_tokens_dataset(
-            tmp, lambda: stories, len(stories), tok, args["val_fraction"], seed, chunk_bytes
+            tmp, lambda: stories, len(stories), tok, args["val_fraction"], seed, chunk_bytes, progress
         )
         write_manifest(tmp, body, source)
     return out
 
 
-def _draw_examples(task: Any, generator: str, split: str, n: int, seed: int) -> np.ndarray:
+def _draw_examples(
+    task: Any, generator: str, split: str, n: int, seed: int, progress: bool = False
+) -> np.ndarray:
     """``n`` examples of ``split`` as an int32 (N, 2, L) array of (input_ids, labels) rows."""
     seq_len, vocab = int(task.seq_len), int(task.vocab_size)
     rows = np.empty((n, 2, seq_len), dtype=np.int32)
+    bar = progress_bar(n, f"{generator} {split}", "example", progress)
     try:
         for i, ex in enumerate(task.examples(TASK_SPLITS[split], n, seed)):
+            bar.update()
             if ex.input_ids.shape != (seq_len,) or ex.labels.shape != (seq_len,):
                 raise DataError(
                     f"task {generator!r} yielded an example of shape {ex.input_ids.shape}, expected "
@@ -170,6 +177,8 @@ def _draw_examples(task: Any, generator: str, split: str, n: int, seed: int) -> 
         raise
     except ValueError as exc:  # the task's own validation (a bad seed, ...)
         raise DataError(f"generator {generator!r}: {exc}") from exc
+    finally:
+        bar.close()
     # A task bug would otherwise surface as an index error deep inside the model's embedding.
     ids, labels = rows[:, 0], rows[:, 1]
     if (
@@ -189,12 +198,13 @@ def _prepare_task(
     overwrite: bool,
     chunk_bytes: int | None,
     source: dict[str, Any],
+    progress: bool = False,
 ) -> Path:
     task_args = {k: v for k, v in args.items() if k not in TASK_DEFAULTS}
     task = _build_task(generator, task_args)
     seq_len = int(task.seq_len)
     sizes = {"train": args["num_train"], "val": args["num_val"]}
-    rows = {split: _draw_examples(task, generator, split, n, seed) for split, n in sizes.items()}
+    rows = {split: _draw_examples(task, generator, split, n, seed, progress) for split, n in sizes.items()}
     example_bytes = 2 * seq_len * np.dtype(np.int32).itemsize
     chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(sizes.values()) * example_bytes)
     with staged_output(out, overwrite) as tmp:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,7 +127,12 @@ def ensure_prepared(cfg: Any) -> Path | str:
         if not (path / MANIFEST_FILE).is_file():
             try:
                 prepare_synthetic(
-                    cfg.generate, path, seed=cfg.seed, tokenizer=cfg.tokenizer, **dict(cfg.generate_args)
+                    cfg.generate,
+                    path,
+                    seed=cfg.seed,
+                    tokenizer=cfg.tokenizer,
+                    progress=sys.stderr.isatty(),  # a bar for a person watching, nothing in logs
+                    **dict(cfg.generate_args),
                 )
             except DataError:
                 if not (path / MANIFEST_FILE).is_file():  # not a lost race with another machine
@@ -184,6 +190,7 @@ def _cli_files(args: argparse.Namespace) -> int:
         text_key=args.text_key,
         overwrite=args.overwrite,
         file_format=args.file_format,
+        progress=not args.quiet,
     )
     print(_summary(out))
     return 0
@@ -204,6 +211,7 @@ def _cli_synthetic(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         overwrite=args.overwrite,
         bpe_vocab_size=args.vocab_size or 4096,
+        progress=not args.quiet,
         **gen_args,
     )
     print(_summary(out))
@@ -221,6 +229,7 @@ def _add_common(p: argparse.ArgumentParser, val_default: float | None) -> None:
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="split / generation seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
 def register_cli(subparsers: Any) -> None:

@@ -178,3 +178,10 @@ def _token_pieces(token_file: Path, dtype: str, piece: int) -> Iterator[np.ndarr
 def write_token_split(token_file: Path, dtype: str, split_dir: Path, chunk_bytes: int) -> int:
     piece = max(1, chunk_bytes // np.dtype(dtype).itemsize // ITEMS_PER_CHUNK)
     return write_shards(_token_pieces(token_file, dtype, piece), split_dir, chunk_bytes, tokens=True)
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
+    """A tqdm bar on stderr (disabled: prints nothing), for the long loops of preparing data."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled, dynamic_ncols=True)

@@ -455,3 +455,21 @@ def test_cli_parses_file_sources_and_task_arguments(tmp_path):
         P.parse_args_list(["num_kv_pairs"])
     with pytest.raises(DataError, match="resolver"):
         P.parse_args_list(["seq_len=${oc.env:HOME}"])
+
+
+@pytest.mark.parametrize(
+    "source,bar",
+    [
+        (["synthetic", "stories", "--num-tokens", "20000"], "tokenizing"),
+        (["synthetic", "induction", "--arg", "num_train=40", "--arg", "num_val=8"], "induction train"),
+    ],
+)
+def test_prepare_shows_progress_on_stderr_and_quiet_turns_it_off(source, bar, tmp_path, capsys):
+    from mosaics_lab.cli import main
+
+    assert main(["prepare", *source, "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    assert bar in err and "100%" in err, err
+    assert main(["prepare", *source, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert bar not in captured.err and "prepared" in captured.out
