@@ -9,8 +9,11 @@ How a trial is driven (one launcher thread per ``--jobs`` slot):
   ``trial.report(value, global_step)``; when ``trial.should_prune()`` says so it writes ``STOP`` in the
   run dir (``training.stopfile``), the run ends cleanly at its next step, and the trial is PRUNED.
   Optuna's Lightning callback reports once per epoch, which a step-budgeted run never finishes.
-- a run that exits non-zero (exception, user error: exit 2, NaN stop: exit 3, killed: OOM) is FAILED
-  with the tail of its output in the trial's user attributes; the sweep goes on.
+- a run that exits non-zero (exception, user error: exit 2, NaN stop: exit 3) is FAILED with the tail
+  of its output in the trial's user attributes; the sweep goes on. A run whose process was killed (a
+  signal: the OOM killer's SIGKILL, a SIGTERM from outside) is FAILED and re-enqueued up to
+  ``max_retry`` times; every retry (Optuna's ``failed_trial``) runs in the run dir of the trial it
+  retries, so it resumes from that trial's last checkpoint, not from step 0.
 - Ctrl-C (or SIGTERM): running trials are asked to stop (STOP file, then SIGTERM after a grace
   period, or at once on a second Ctrl-C); they are marked FAILED ("interrupted") and re-enqueued with
   the same parameters, so re-running the command resumes the study where it stopped. Finished trials
@@ -25,7 +28,9 @@ RDB heartbeat itself, as ``optimize`` would.
 Storages and dead workers:
 - journal file (default, ``<out>/<study>/journal.log``): no heartbeats; a trial left RUNNING by a
   launcher process that died on this host is found at the next start (the trial records its worker as
-  ``host:pid:start-time``), marked FAILED and re-enqueued. Trials of workers on other hosts are only
+  ``host:pid:start-time``): if its run had completed, its value is read from the run's files and
+  recorded (never run again); otherwise it is marked FAILED and re-enqueued (not counted against
+  ``max_retry``), and the retry resumes from its checkpoint. Trials of workers on other hosts are only
   reported by ``--status``.
 - a SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``): heartbeats every
   ``heartbeat_interval`` s; any live worker fails a trial whose worker has been silent for
@@ -80,7 +85,11 @@ MAX_LAUNCHER_ERRORS = 3  # consecutive launcher-side errors after which a worker
 EXIT_INTERRUPTED = 130
 STORAGE_ATTEMPTS = 4
 
-EXIT_MEANING = {2: "user error (exit 2)", 3: "stopped on a non-finite loss (exit 3)"}
+EXIT_MEANING = {
+    2: "user error (exit 2)",
+    3: "stopped on a non-finite loss (exit 3)",
+    4: "disk or permission error (exit 4)",
+}
 
 
 def default_train_command() -> list[str]:
@@ -296,9 +305,13 @@ def _retry(study: optuna.Study, frozen: FrozenTrial, max_retry: int | None) -> b
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before
 
 
-def reap_dead_trials(study: optuna.Study, max_retry: int | None, log: Any = print) -> list[int]:
+def reap_dead_trials(
+    study: optuna.Study, max_retry: int | None, log: Any = print, objective: Any = None
+) -> list[int]:
     """Fail (and re-enqueue) trials whose worker is dead. RDB: Optuna's heartbeat check. Journal: the
-    trial's worker process on this host is gone. Returns the numbers of the trials failed here."""
+    trial's worker process on this host is gone; if its run had completed, its value is recorded from
+    the run's files (``objective``: the sweep's ObjectiveSpec) instead. Returns the numbers of the
+    trials failed here."""
     storage = study._storage  # noqa: SLF001 - the storage holds the heartbeat machinery
     if heartbeat_enabled(storage):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -320,6 +333,8 @@ def reap_dead_trials(study: optuna.Study, max_retry: int | None, log: Any = prin
         worker = t.user_attrs.get(WORKER_ATTR)
         if not worker or not worker_is_dead(worker):
             continue
+        if _record_finished_run(study, t, objective, log):
+            continue  # its run had completed: recorded, never run again
         try:
             storage.set_trial_user_attr(
                 _trial_id(t),
@@ -330,11 +345,35 @@ def reap_dead_trials(study: optuna.Study, max_retry: int | None, log: Any = prin
                 continue
         except UpdateFinishedTrialError:
             continue  # another launcher got there first
-        retried = _retry(study, storage.get_trial(_trial_id(t)), max_retry)
-        then = " and re-enqueued" if retried else ""
+        # The trial did not fail, its launcher died: the retry (which resumes from the trial's own
+        # checkpoint in its own run dir) does not count against max_retry.
+        retried = _retry(study, storage.get_trial(_trial_id(t)), None)
+        then = " and re-enqueued (it resumes from its checkpoint)" if retried else ""
         log(f"trial {t.number}: its worker {worker} died; marked FAILED{then}")
         failed.append(t.number)
     return failed
+
+
+def _record_finished_run(study: optuna.Study, trial: FrozenTrial, objective: Any, log: Any) -> bool:
+    """A RUNNING trial whose run completed (its launcher died before recording it): tell its value
+    from the run's own files. False when the run did not complete or its objective is missing."""
+    run_dir = trial.user_attrs.get(RUN_DIR_ATTR)
+    if objective is None or not run_dir or _read_summary(Path(run_dir)).get("status") != "completed":
+        return False
+    series = [
+        (int(row["step"]), float(row[objective.metric]))
+        for row in MetricsTail(Path(run_dir) / C.METRICS_FILE).read()
+        if objective.metric in row and row.get("step") is not None
+    ]
+    value = objective_value(series, objective.value, objective.direction)
+    if value is None:
+        return False
+    try:
+        study.tell(trial.number, value, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        return True
+    log(f"trial {trial.number}: its worker died after its run completed; recorded COMPLETE {value:.6g}")
+    return True
 
 
 # --- one trial ------------------------------------------------------------------------------------
@@ -462,7 +501,7 @@ class Launcher:
 
     def run(self) -> int:
         """Run the sweep; returns the exit code (0, or 130 when interrupted, 1 on launcher errors)."""
-        reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log)
+        reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log, self.sweep.spec.objective)
         # Each slot signals its own end. The main thread never waits in Thread.join(): a Ctrl-C landing
         # inside join() can mark a live thread as stopped (CPython 3.11), and the launcher would then
         # return while a trial still runs, leaving it RUNNING in the study. Ctrl-C interrupts a sleep.
@@ -549,7 +588,7 @@ class Launcher:
                         self.log(f"timeout ({self.timeout:g} s) reached: starting no new trial")
                 return None
             with self._lock:  # one slot at a time: the budget check and the pop/ask go together
-                reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log)
+                reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log, self.sweep.spec.objective)
                 if self.n_trials is None or self._started_count() < self.n_trials:
                     trial = self._pop_waiting()
                     if trial is None and not self.sweep.is_grid:
@@ -609,14 +648,27 @@ class Launcher:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         return env
 
+    def _inherited_run_dir(self, trial: optuna.Trial) -> Path | None:
+        """A retry (Optuna's ``failed_trial`` attr) runs in the run dir of the trial it retries, so the
+        run resumes from that trial's last checkpoint instead of step 0."""
+        failed = self._storage.get_trial_system_attrs(_trial_id(trial)).get("failed_trial")
+        if failed is None:
+            return None
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == failed and t.user_attrs.get(RUN_DIR_ATTR):
+                return Path(t.user_attrs[RUN_DIR_ATTR])
+        return None
+
     def _run_trial(self, trial: optuna.Trial) -> TrialOutcome:
         values = suggest_values(trial, self.sweep)
-        run_dir = self.out_dir / f"trial-{trial.number:04d}"
-        aside = _set_aside(run_dir)
-        if aside is not None:
-            self.log(
-                f"trial {trial.number}: {run_dir} already existed (not from this study); moved to {aside}"
-            )
+        run_dir = self._inherited_run_dir(trial)
+        if run_dir is None:
+            run_dir = self.out_dir / f"trial-{trial.number:04d}"
+            aside = _set_aside(run_dir)
+            if aside is not None:
+                self.log(
+                    f"trial {trial.number}: {run_dir} already existed (not from this study); moved to {aside}"
+                )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
@@ -736,7 +788,14 @@ class Launcher:
             self.log(f"trial {n}: interrupted; marked FAILED and re-enqueued")
             return TrialOutcome(n, TrialState.FAIL, error=msg)
         msg, tail = error_from_log(run_dir / TRIAL_LOG, code)
-        self._finish_failed(trial, msg, tail)
+        frozen = self._finish_failed(trial, msg, tail)
+        if died_of_a_signal(code, status) and frozen is not None:
+            limit = self.sweep.spec.max_retry
+            if _retry(self.study, frozen, max_retry=limit):
+                self.log(
+                    f"trial {n}: FAILED: {msg}; re-enqueued to resume from its checkpoint (max_retry {limit})"
+                )
+                return TrialOutcome(n, TrialState.FAIL, error=msg)
         self.log(f"trial {n}: FAILED: {msg}")
         return TrialOutcome(n, TrialState.FAIL, error=msg)
 
@@ -748,6 +807,17 @@ class Launcher:
             return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
             return None
+
+
+def died_of_a_signal(code: int, status: str | None) -> bool:
+    """The trial's process was killed (the OOM killer's SIGKILL, a SIGTERM or SIGINT from outside the
+    launcher), as opposed to failing by itself: worth resuming. Exit 130 / 143 is a run that saved its
+    checkpoint on the signal; a negative code is Popen's "killed by signal N"."""
+    if code < 0:
+        return True
+    return (
+        code in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGKILL) or status == "interrupted"
+    )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -47,15 +47,23 @@ class SweepError(ValueError):
 
 @dataclass
 class ObjectiveSpec:
-    metric: str = C.VAL_LOSS  # a tag from constants.OBJECTIVE_METRICS, or eval/<task>/<metric>
+    metric: str = C.VAL_LOSS  # a tag from constants.OBJECTIVE_METRICS
     direction: str = "minimize"  # minimize | maximize
     value: str = "final"  # final: the last logged value; best: the best value over the run
 
     def __post_init__(self) -> None:
-        if self.metric not in C.OBJECTIVE_METRICS and not self.metric.startswith("eval/"):
+        if self.metric.startswith("eval/"):
+            # The launcher reads a trial's objective from the metrics.jsonl its training writes;
+            # `mosaics-lab eval` runs after training and writes eval/<task>.json, never that file.
+            raise SweepError(
+                f"objective.metric {self.metric!r}: eval/... metrics are written by `mosaics-lab eval` "
+                "after training, and a sweep reads its objective from what training logs; optimise one "
+                f"of {', '.join(C.OBJECTIVE_METRICS)} and evaluate the best trials afterwards"
+            )
+        if self.metric not in C.OBJECTIVE_METRICS:
             raise SweepError(
                 f"objective.metric {self.metric!r} is not a metric a run logs; use one of "
-                f"{', '.join(C.OBJECTIVE_METRICS)} or eval/<task>/<metric>"
+                f"{', '.join(C.OBJECTIVE_METRICS)}"
             )
         _check_choice("objective.direction", self.direction, DIRECTIONS)
         _check_choice("objective.value", self.value, OBJECTIVE_VALUES)
@@ -118,8 +126,10 @@ class SweepSpec:
     storage: Optional[str] = None  # null: journal file <output_root>/<study>/journal.log; or a DB URL
     timeout: Optional[float] = None  # seconds after which this launcher starts no new trial
     output_root: str = "runs"
-    # RDB storages: a worker that stops heartbeating for grace_period seconds has its trial failed
-    # and re-enqueued (up to max_retry times) by any live worker.
+    # A trial whose process died (a signal: the OOM killer's SIGKILL, a SIGTERM) is re-enqueued up to
+    # max_retry times and resumes from its own last checkpoint in its own run dir. RDB storages: a
+    # worker that stops heartbeating for grace_period seconds has its trial failed and re-enqueued
+    # the same way by any live worker.
     heartbeat_interval: int = 60
     grace_period: Optional[int] = None  # null: 2 x heartbeat_interval
     max_retry: int = 2

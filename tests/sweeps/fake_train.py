@@ -9,12 +9,17 @@ Behaviour from real recipe keys (so the sweep validates against the real recipe)
 - train.warmup_steps == 13: crashes with a traceback (a deliberately failing trial);
 - FAKE_STEP_S (env): seconds per step; FAKE_LEDGER (env): a file that gets one JSON line per start
   and per end of every execution, to count how often each trial ran.
+- resumes like a real run: ``fake.ckpt`` in the run dir holds the last step; a restart continues
+  after it and drops the metrics lines logged past it (the ledger's start says ``resumed_from``).
+- FAKE_SIGKILL_AT (env): the first execution in a run dir SIGKILLs itself after that step (as the
+  OOM killer would); later executions in the same dir do not.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -48,14 +53,22 @@ def main(argv: list[str]) -> int:
     run_dir = Path(log["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if not o.startswith("log.")}
-    ledger("start", run_dir=str(run_dir), params=params)
+    ckpt = run_dir / "fake.ckpt"
+    resumed = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        kept = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= resumed]
+        metrics.write_text("".join(ln + "\n" for ln in kept))
+    ledger("start", run_dir=str(run_dir), params=params, resumed_from=resumed)
+    kill_at = int(os.environ.get("FAKE_SIGKILL_AT", "0"))
+    killed_once = run_dir / "fake.killed"
     lr = float(train.get("lr", 1e-3))
     steps, every = int(train.get("max_steps", 6)), int(ev.get("every_n_steps", 2))
     if int(train.get("warmup_steps", 0)) == 13:
         raise RuntimeError("deliberate crash for the test (train.warmup_steps=13)")
     status = "completed"
-    step = 0
-    for step in range(1, steps + 1):
+    step = resumed
+    for step in range(resumed + 1, steps + 1):
         time.sleep(float(os.environ.get("FAKE_STEP_S", "0.02")))
         if step % every == 0:
             loss = 3.0 - 0.1 * step + 50 * lr * step
@@ -64,6 +77,10 @@ def main(argv: list[str]) -> int:
                     json.dumps({"step": step, "time": time.time(), "val/loss": loss, "train/loss": loss})
                     + "\n"
                 )
+        ckpt.write_text(json.dumps({"step": step}))
+        if step == kill_at and not killed_once.exists():
+            killed_once.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
         stop = run_dir / "STOP"
         if stop.exists():
             status = stop.read_text().strip()
