@@ -27,6 +27,8 @@ SUBCOMMANDS = (
 
 EXIT_USER_ERROR = 2
 EXIT_NONFINITE = 3
+EXIT_OS_ERROR = 4  # disk full, permission denied, read-only filesystem: the path is named
+EXIT_SIGINT = 130  # 128 + SIGINT (a run interrupted by SIGTERM exits 143)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from mosaics_lab.training.module import NonFiniteError
+    from mosaics_lab.training.stopfile import RunInterrupted
 
     try:
         return int(args.func(args) or 0)
@@ -51,11 +54,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mosaics-lab: stopped: {exc}", file=sys.stderr)
         return EXIT_NONFINITE
+    except RunInterrupted as exc:
+        print(f"mosaics-lab: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("mosaics-lab: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
     except (ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
         print(f"mosaics-lab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        # The writers remove their own temp files when a write fails (atomic_write_text,
+        # AtomicCheckpointIO); what is left to say is which path, and why.
+        if args.debug:
+            raise
+        print(f"mosaics-lab: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_OS_ERROR
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<reason>: <path>`` for a disk or permission error, on one line."""
+    text = str(exc).strip()
+    reason = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+    path = exc.filename or ""
+    if exc.filename2:
+        path = f"{path} -> {exc.filename2}"
+    return f"{reason}: {path}" if path else reason
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -41,7 +44,42 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _os_error_in(exc: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        if isinstance(node, OSError) and node.errno is not None:
+            return node
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Temp file + fsync + rename. While ``defer_commits()`` is on (``RunLifecycle`` turns it on in
+    ``on_train_batch_end``, where ModelCheckpoint saves), the rename waits for ``commit()``: Lightning
+    logs a step's metrics only *after* ``on_train_batch_end``, so a checkpoint that appeared before them
+    and a kill in between would resume past a step that was never logged (a hole in the curves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._defer = False
+        self._pending: list[tuple[Path, Path]] = []
+
+    def defer_commits(self) -> None:
+        self._defer = True
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def commit(self) -> None:
+        """Rename the checkpoints written since ``defer_commits`` into place; stop deferring."""
+        self._defer = False
+        pending, self._pending = self._pending, []
+        for tmp, path in pending:
+            os.replace(tmp, path)
+
     def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +89,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            if self._defer:
+                self._pending = [(t, p) for t, p in self._pending if p != path] + [(tmp, path)]
+                return
             os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+        except RuntimeError as exc:
+            tmp.unlink(missing_ok=True)  # ENOSPC mid-write: the partial temp file would fill the disk
+            # torch's zip writer turns a failed write into a RuntimeError; the OSError is its context
+            cause = _os_error_in(exc)
+            if cause is not None:
+                raise OSError(cause.errno, cause.strerror, str(path)) from exc
+            if "inline_container" in str(exc) or "PytorchStreamWriter" in str(exc):
+                raise OSError(errno.EIO, "cannot write the checkpoint (disk full?)", str(path)) from exc
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)  # ENOSPC mid-write: the partial temp file would fill the disk
             raise
@@ -77,6 +127,18 @@ def read_jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(row, dict):
             rows.append((line, row))
     return rows
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that it does not save again at the step a run resumed from.
+    On restart Lightning replays the restored step's batch end, and ModelCheckpoint would overwrite
+    ``step-N.ckpt`` / ``last.ckpt`` with the restarting loop's state; a later resume from that copy
+    starts half-way through a gradient accumulation (found by killing a run repeatedly)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.global_step > 0:
+            self._last_global_step_saved = trainer.global_step
 
 
 class JsonlLogger(Logger):
@@ -182,6 +244,9 @@ class RunLifecycle(L.Callback):
         self.fresh_run = fresh_run
         self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIR
         self._t_start = 0.0
+        self._saved_at_step: int | None = None
+        self._resumed_rng: dict[str, Any] | None = None  # RNG states of the checkpoint resumed from
+        self._train_rng: tuple[torch.Tensor, Any] | None = None  # after the last training batch
 
     # RNG states travel in the checkpoint so a resumed run draws the same dropout masks. Stored as
     # tensors, lists and numbers only, which torch.load(weights_only=True) accepts (numpy's own state
@@ -202,6 +267,11 @@ class RunLifecycle(L.Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Applied at the first training batch: Lightning restores callbacks before the train loader's
+        # iterator exists, and creating it (at the first batch) draws from torch's RNG (its base seed).
+        self._resumed_rng = state
+
+    def _set_rng_states(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state(
@@ -211,6 +281,31 @@ class RunLifecycle(L.Callback):
         random.setstate((python[0], tuple(python[1]), python[2]))
         if state.get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+    # -- checkpoints appear only once the metrics of their step are on disk (see AtomicCheckpointIO) --
+
+    @staticmethod
+    def _io(trainer: L.Trainer) -> AtomicCheckpointIO | None:
+        io = getattr(trainer.strategy, "checkpoint_io", None)
+        return io if isinstance(io, AtomicCheckpointIO) else None
+
+    def commit_checkpoints(self, trainer: L.Trainer) -> None:
+        io = self._io(trainer)
+        if io is None:
+            return
+        if io.has_pending:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            for logger in trainer.loggers:  # TensorBoard buffers its events: on disk first
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.flush()
+        io.commit()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.commit_checkpoints(trainer)  # the previous step's metrics were logged by now
+        if self._resumed_rng is not None:  # the first batch after a resume: its loader has drawn
+            self._set_rng_states(self._resumed_rng)
+            self._resumed_rng = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t_start = time.time()
@@ -225,17 +320,46 @@ class RunLifecycle(L.Callback):
                     )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # What a checkpoint taken now stores; a validation that follows (its loader's iterator draws a
+        # seed) is undone in on_validation_end, so training draws the same masks whether or not the
+        # run was resumed in between.
+        self._train_rng = (
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        )
+        io = self._io(trainer)
+        if io is not None:
+            io.defer_commits()  # ModelCheckpoint saves after this hook, before the step is logged
         loss = trainer.callback_metrics.get(C.TRAIN_LOSS)
         if loss is not None and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             pl_module.log(C.HP_TRAIN_LOSS, float(loss), on_step=True)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.commit_checkpoints(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._train_rng is not None and not trainer.sanity_checking:
+            cpu, cuda = self._train_rng
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
 
     def save_last_good(self, trainer: L.Trainer) -> Path:
         path = self.ckpt_dir / C.LAST_GOOD_CHECKPOINT
         trainer.save_checkpoint(path)
         return path
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def save_step_checkpoint(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` now, at an optimiser-step boundary (where ModelCheckpoint saves too), for a run
+        that stops early (signal, STOP file): by ``on_train_end`` Lightning has closed the epoch, and a
+        checkpoint taken there would resume on a new epoch's batches, not exactly."""
         trainer.save_checkpoint(self.ckpt_dir / C.LAST_CHECKPOINT)
+        self._saved_at_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.commit_checkpoints(trainer)
+        if self._saved_at_step != trainer.global_step:
+            trainer.save_checkpoint(self.ckpt_dir / C.LAST_CHECKPOINT)
         if trainer.is_global_zero:
             self.write_summary(trainer, status="completed")
 
@@ -255,4 +379,6 @@ class RunLifecycle(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if trainer.is_global_zero:
-            self.write_summary(trainer, status=f"failed: {type(exception).__name__}: {exception}")
+            # the disk that failed the run may not take the summary either: keep the run's own error
+            with contextlib.suppress(OSError):
+                self.write_summary(trainer, status=f"failed: {type(exception).__name__}: {exception}")

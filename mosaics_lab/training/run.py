@@ -37,12 +37,13 @@ from mosaics_lab.training.callbacks import (
     JsonlLogger,
     PerfMonitor,
     RunLifecycle,
+    StepCheckpoint,
     atomic_write_text,
 )
 from mosaics_lab.training.module import LanguageModelModule
 from mosaics_lab.training.runlock import HOLDER_FILE, LOCK_FILE, RunLock
 from mosaics_lab.training.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint_file
-from mosaics_lab.training.stopfile import STOP_FILE, StopFile
+from mosaics_lab.training.stopfile import INTERRUPTED, STOP_FILE, RunInterrupted, StopFile
 from mosaics_lab.training.strategies import (
     build_strategy,
     is_sharded_checkpoint,
@@ -267,7 +268,7 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
     accum = recipe.train.accumulation(world_size(recipe.dist))
     ckpt_dir = run_dir / C.CHECKPOINT_DIR
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(
+        StepCheckpoint(
             dirpath=ckpt_dir,
             filename="step-{step:06d}",
             every_n_train_steps=recipe.log.checkpoint_every_n_steps,
@@ -333,7 +334,8 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
 
 
 def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
-    """Train (or resume) the run of ``recipe``; returns its run directory."""
+    """Train (or resume) the run of ``recipe``; returns its run directory. On SIGINT / SIGTERM the run
+    saves its checkpoint and summary at the next optimiser step, then ``RunInterrupted`` is raised."""
     plan = plan_run(recipe)
     try:
         L.seed_everything(plan.recipe.seed, workers=True, verbose=False)
@@ -348,6 +350,9 @@ def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
         # Weights-only: our checkpoints hold tensors and plain containers only, and never run code.
         ckpt_path = str(plan.resume_from) if plan.resume_from else None
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopFile))
+        if stop.signum is not None and stop.reason == INTERRUPTED:
+            raise RunInterrupted(stop.signum, trainer.global_step, plan.run_dir)
     finally:
         if plan.lock is not None:
             plan.lock.release()
