@@ -18,6 +18,7 @@ Shape letters: B = micro batch size, T = sequence length (block_size, or L for t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 
 from mosaics_lab.config.schema import DataConfig
 from mosaics_lab.data import DataError
-from mosaics_lab.data.manifest import FORMAT_EXAMPLES, FORMAT_TOKENS, is_remote, read_manifest
+from mosaics_lab.data.manifest import FORMAT_EXAMPLES, FORMAT_TOKENS, SPLITS, is_remote, read_manifest
 from mosaics_lab.data.prepare import ensure_prepared
 
 
@@ -49,6 +50,24 @@ def collate_examples(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tens
         "input_ids": _stack_long([ex["input_ids"] for ex in examples]),
         "labels": _stack_long([ex["labels"] for ex in examples]),
     }
+
+
+def check_shards_present(path: Path) -> None:
+    """Every chunk file a split's index lists is on disk; otherwise a DataError naming them (litdata
+    would wait for a missing chunk and time out, calling it "not a missing object")."""
+    for split in SPLITS:
+        index_file = path / split / "index.json"
+        if not index_file.is_file():
+            raise DataError(f"{path} has no {split}/index.json: the dataset is incomplete; prepare it again")
+        chunks = json.loads(index_file.read_text()).get("chunks", [])
+        missing = [c["filename"] for c in chunks if not (path / split / c["filename"]).is_file()]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise DataError(
+                f"{path}/{split} is missing {len(missing)} of its {len(chunks)} shard files ({shown}); "
+                "prepare the dataset again (mosaics-lab prepare ... --overwrite, or delete the directory "
+                "so that data.generate rebuilds it)"
+            )
 
 
 def dataset_vocab_size(cfg: DataConfig) -> int:
@@ -93,6 +112,8 @@ class LMDataModule(L.LightningDataModule):
                 f"{self.path} has no <|eot|> (its manifest has no eot_id); set data.document_mask: false "
                 "or prepare the data with a tokenizer that has one (byte or bpe)"
             )
+        if not is_remote(self.path):
+            check_shards_present(Path(self.path))
         if self.manifest["format"] == FORMAT_EXAMPLES and self.manifest["seq_len"] > self.block_size:
             raise DataError(
                 f"{self.path} holds task examples of length {self.manifest['seq_len']}, longer than "

@@ -177,3 +177,13 @@ def test_lightning_trains_past_one_epoch_and_checkpoints_the_loader_state(storie
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert "num_samples_yielded" in repr(ckpt["loops"]["fit_loop"]["state_dict"])
+
+
+def test_a_deleted_shard_file_is_a_named_error_not_a_litdata_timeout(tmp_path):
+    path = tmp_path / "stories"
+    P.prepare_synthetic("stories", path, seed=0, num_tokens=6_500, chunk_bytes=4096)
+    chunk = sorted((path / "train").glob("chunk-*.bin"))[0]
+    chunk.unlink()
+    cfg = DataConfig(path=str(path), generate=None)
+    with pytest.raises(DataError, match=rf"missing 1 of its \d+ shard files \({chunk.name}\)"):
+        _dm(cfg).setup("fit")
