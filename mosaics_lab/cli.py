@@ -1,4 +1,4 @@
-"""The ``mosaics-lab`` command: train | eval | sweep | compare | prepare | bench | generate.
+"""The ``mosaics-lab`` command: train | eval | sweep | compare | inspect | prepare | bench | generate.
 
 Each layer registers its own subcommand (``register_cli(subparsers)``); this file only dispatches and
 turns the project's user-facing errors (ValueError subclasses that say what to fix) into a message
@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "mosaics_lab.evaluation.cli",
     "mosaics_lab.sweeps.cli",
     "mosaics_lab.analysis.compare",
+    "mosaics_lab.analysis.inspect",
     "mosaics_lab.training.consolidate",
     "mosaics_lab.bench.cli",
 )

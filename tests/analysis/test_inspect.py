@@ -125,3 +125,25 @@ def test_the_module_entry_point_takes_the_cli_arguments(mqar_v2_run, tmp_path, c
     )
     assert "retrievals_stm_layer0" in capsys.readouterr().out
     assert main([str(mqar_v2_run), "--task", "mqar", "--window", "9:3"]) == 2
+
+
+def test_mosaics_lab_inspect_is_a_subcommand_that_writes_the_figures_asked_for(mqar_v2_run, tmp_path, capsys):
+    from mosaics_lab.cli import main
+
+    out = tmp_path / "figs"
+    args = ["inspect", str(mqar_v2_run), "--task", "mqar", "--layer", "1", "--memory", "ltm"]
+    assert main([*args, "--out", str(out), "--no-tensorboard"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bandwidths.png",
+        "key_time_constants.png",
+        "retrievals_ltm_layer1.png",
+    ]
+    assert f"retrievals_ltm_layer1: {out / 'retrievals_ltm_layer1.png'}" in capsys.readouterr().out
+
+
+def test_mosaics_lab_inspect_of_a_folder_that_is_no_run_is_a_one_line_error(tmp_path, capsys):
+    from mosaics_lab.cli import EXIT_USER_ERROR, main
+
+    assert main(["inspect", str(tmp_path), "--prompt", "hello"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("mosaics-lab: error: ") and str(tmp_path) in err and "Traceback" not in err
