@@ -418,8 +418,9 @@ def inspect_run(path: str | Path, options: InspectOptions) -> dict[str, Path]:
         from torch.utils.tensorboard import SummaryWriter
 
         from mosaics_lab.evaluation.runner import _global_step
+        from mosaics_lab.training.run import tensorboard_dir
 
-        writer = SummaryWriter(log_dir=str(run_dir))
+        writer = SummaryWriter(log_dir=str(tensorboard_dir(run_dir, recipe)))
         try:
             step = _global_step(ckpt)
             for name, fig in figures.items():

@@ -100,16 +100,23 @@ def read_jsonl_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def read_event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] from the run's TensorBoard event files (when metrics.jsonl lacks a tag)."""
-    if not any(run_dir.glob("events.out.tfevents*")):
+    """tag -> [(step, value)] from the run's TensorBoard event files (when metrics.jsonl lacks a tag):
+    those in the run dir and in its run-name folder (``log.run_name``)."""
+    folders = sorted(
+        {p.parent for p in run_dir.glob("events.out.tfevents*")}
+        | {p.parent for p in run_dir.glob("*/events.out.tfevents*")}
+    )
+    if not folders:
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {
-        tag: [(e.step, float(e.value)) for e in acc.Scalars(tag)] for tag in acc.Tags().get("scalars", [])
-    }
+    out: dict[str, list[tuple[int, float]]] = {}
+    for folder in folders:
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            out.setdefault(tag, []).extend((e.step, float(e.value)) for e in acc.Scalars(tag))
+    return {tag: sorted(points) for tag, points in out.items()}
 
 
 @dataclass

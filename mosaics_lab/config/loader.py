@@ -6,6 +6,7 @@ instead, before anything is trained or written.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mosaics_lab.config.models import MODEL_CONFIGS
-from mosaics_lab.config.schema import Recipe
+from mosaics_lab.config.schema import RUN_NAME_MAX, Recipe
 
 
 class RecipeError(ValueError):
@@ -189,7 +190,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Load ``path`` (with its ``base:`` chain) and apply ``a.b=c`` overrides; validate everything."""
     cfg = load_recipe_config(path, overrides)
     try:
-        return to_recipe(cfg, source=str(path))
+        return with_run_name(to_recipe(cfg, source=str(path)), path, overrides)
     except RecipeError as exc:
         # A value's check failed: blame the command line when the message names an overridden key.
         detail = str(exc).removeprefix(f"{path}: ")
@@ -203,6 +204,63 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         if starts or named:
             raise RecipeError(f"command line {(starts or named)[0]!r}: {detail}") from exc
         raise
+
+
+# Short names of the keys most often varied, for run names (others: the key's last part)
+SHORT_KEYS = {
+    "train.lr": "lr",
+    "train.weight_decay": "wd",
+    "train.warmup_steps": "warmup",
+    "train.max_steps": "steps",
+    "train.global_batch_size": "bs",
+    "train.micro_batch_size": "mbs",
+}
+NAME_DIGITS = 3  # significant digits of a float in a run name
+
+
+def override_keys(path: str | Path, overrides: Sequence[str], recipe: Recipe) -> list[str]:
+    """The flattened recipe keys whose value the command line changed from the recipe file's, in the
+    order the overrides name them (log.* keys excepted: they never distinguish runs)."""
+    if not overrides:
+        return []
+    base = flatten(OmegaConf.to_container(load_recipe_config(path), resolve=True))  # type: ignore[arg-type]
+    merged = flatten(recipe_to_dict(recipe))
+    changed = [k for k in merged if not k.startswith("log.") and (k not in base or merged[k] != base[k])]
+    order = [item.split("=", 1)[0].strip().lstrip("+~") for item in overrides]
+
+    def position(key: str) -> int:
+        return next((i for i, o in enumerate(order) if key == o or key.startswith(o + ".")), len(order))
+
+    return sorted(changed, key=position)
+
+
+def short_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.{NAME_DIGITS}g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(short_value(v) for v in value)
+    text = str(value)
+    return os.path.basename(text.rstrip("/")) or text if "/" in text else text
+
+
+def default_run_name(recipe: Recipe, keys: Sequence[str]) -> str:
+    """``<recipe name> lr=0.0037 wd=0.19``: the name and the distinguishing values, shortened."""
+    flat = flatten(recipe_to_dict(recipe))
+    short = {k: SHORT_KEYS.get(k, k.rsplit(".", 1)[-1]) for k in keys if k in flat}
+    clash = {s for s in short.values() if list(short.values()).count(s) > 1}
+    parts = [f"{k if s in clash else s}={short_value(flat[k])}" for k, s in short.items()]
+    name = " ".join([recipe.name, *parts])
+    return name if len(name) <= RUN_NAME_MAX else name[: RUN_NAME_MAX - 3] + "..."
+
+
+def with_run_name(recipe: Recipe, path: str | Path, overrides: Sequence[str]) -> Recipe:
+    """Fill ``log.compare_keys`` (the overrides that differ) and ``log.run_name`` when not given."""
+    log = recipe.log
+    keys = log.compare_keys if log.compare_keys is not None else override_keys(path, overrides, recipe)
+    name = log.run_name if log.run_name is not None else default_run_name(recipe, keys)
+    return dataclasses.replace(recipe, log=dataclasses.replace(log, compare_keys=list(keys), run_name=name))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -134,6 +134,9 @@ class DistConfig:
             raise ValueError(f"dist.num_nodes must be >= 1, got {self.num_nodes}")
 
 
+RUN_NAME_MAX = 120
+
+
 @dataclass
 class LogConfig:
     root: str = "runs"  # runs live in <root>/<recipe name>/<run id>/
@@ -142,12 +145,29 @@ class LogConfig:
     every_n_steps: int = 10  # scalar logging interval
     checkpoint_every_n_steps: int = 100
     progress_bar: bool = True
+    # TensorBoard's name for the run (its events live in <run dir>/<run_name>/); None: load_recipe
+    # names it after the recipe and the values of compare_keys, e.g. "mosaic_v2_tiny lr=0.0037 wd=0.19"
+    run_name: Optional[str] = None
+    # The recipe keys that distinguish this run, shown first in TensorBoard's HPARAMS tab (with
+    # model.arch); None: load_recipe takes those the command line changed; a sweep sets its swept keys
+    compare_keys: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
+        if self.run_name is not None and (not self.run_name.strip() or len(self.run_name) > RUN_NAME_MAX):
+            raise ValueError(f"log.run_name must be 1 to {RUN_NAME_MAX} characters, got {self.run_name!r}")
         if self.every_n_steps < 1 or self.checkpoint_every_n_steps < 1:
             raise ValueError("log.every_n_steps and log.checkpoint_every_n_steps must be >= 1")
         if self.run_id is not None:
             check_path_component("log.run_id", self.run_id)
+
+    @property
+    def tensorboard_subdir(self) -> str:
+        """The folder of the run dir that holds its TensorBoard events: the run name as one path
+        component (TensorBoard shows a run by its folder). "" (the run dir itself) without a name."""
+        if self.run_name is None:
+            return ""
+        name = "".join("_" if c in "/\\\0" else c for c in self.run_name.strip())
+        return "_" + name if name in (".", "..") else name
 
 
 def check_path_component(key: str, value: str) -> None:

@@ -284,7 +284,9 @@ def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) ->
     }
     out_dir = Path(options.out_dir) if options.out_dir is not None else run_dir / EVAL_DIR
     record["files"] = {"json": str(out_dir / f"{task}.json"), "png": str(out_dir / f"{task}.png")}
-    write_outputs(record, result, out_dir, run_dir if options.tensorboard else None)
+    from mosaics_lab.training.run import tensorboard_dir
+
+    write_outputs(record, result, out_dir, tensorboard_dir(run_dir, recipe) if options.tensorboard else None)
     return record
 
 
@@ -299,14 +301,22 @@ def write_outputs(record: dict[str, Any], result: EvalResult, out_dir: Path, tb_
     title = f"{record['recipe']} ({record['arch']}) step {record['global_step']}: {task}"
     plot_result(result, task, title, out_dir / f"{task}.png")
     if tb_dir is not None:
-        write_tensorboard(tb_dir, task, result, record["global_step"])
+        write_tensorboard(tb_dir, task, result, record["global_step"], out_dir / f"{task}.png")
 
 
-def write_tensorboard(log_dir: Path, task: str, result: EvalResult, global_step: int) -> None:
+def write_tensorboard(
+    log_dir: Path, task: str, result: EvalResult, global_step: int, figure: Path | None = None
+) -> None:
+    """The eval's scalars (``eval/<task>/<metric>``) and its figure as the image ``eval/<task>``."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
+        if figure is not None and figure.is_file():
+            from matplotlib.image import imread
+
+            pixels = imread(figure)  # (H, W, 4) floats in [0, 1]
+            writer.add_image(f"eval/{task}", pixels[..., :3], global_step, dataformats="HWC")
         swept = set(result.point_metric_names())
         for point in result.points:
             if point["status"] != "ok":

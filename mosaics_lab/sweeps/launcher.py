@@ -64,7 +64,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from mosaics_lab import constants as C
-from mosaics_lab.sweeps.spec import CELL_ATTR, Sweep, SweepError, encode_choice, is_finite, suggest_values
+from mosaics_lab.sweeps.spec import (
+    CELL_ATTR,
+    Sweep,
+    SweepError,
+    encode_choice,
+    format_override,
+    is_finite,
+    suggest_values,
+)
 from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id, pid_alive
 
 JOURNAL_FILE = "journal.log"
@@ -637,6 +645,9 @@ class Launcher:
         overrides = self.sweep.trial_overrides(values)
         if not any(o.startswith("log.progress_bar=") for o in overrides):
             overrides.append("log.progress_bar=false")  # its output goes to a file
+        if not any(o.startswith("log.compare_keys=") for o in overrides):
+            # TensorBoard's HPARAMS tab lists the swept keys first; the run name shows their values
+            overrides.append(format_override("log.compare_keys", list(values)))
         return [*self.train_command, str(self.sweep.base_recipe), *overrides, f"log.run_dir={run_dir}"]
 
     def _env(self) -> dict[str, str]:

@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import random
+import re
 import resource
 import sys
 import time
@@ -28,6 +29,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -184,6 +186,98 @@ class JsonlLogger(Logger):
             f.write(json.dumps(row) + "\n")
 
 
+HEAD_TAG = re.compile(r"^memory/(\d+)/(\w+)/(\w+)/h\d+$")  # a per-head bandwidth diagnostic
+MEAN_TAG = re.compile(r"^memory/(\d+)/(\w+)/(\w+)$")  # its mean over heads
+
+
+def memory_layout(tags: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard custom-scalars layout for the mosaic's diagnostics: one multi-line chart per layer,
+    memory and quantity with its heads as lines, and one per memory and quantity with the layers'
+    means as lines."""
+    heads = sorted({m.groups() for m in map(HEAD_TAG.match, tags) if m})
+    means = sorted({m.groups()[1:] for m in map(MEAN_TAG.match, tags) if m})
+    charts = {
+        f"layer {layer} {memory} {name} per head": ["Multiline", [rf"^memory/{layer}/{memory}/{name}/h\d+$"]]
+        for layer, memory, name in heads
+    }
+    charts.update(
+        {
+            f"{memory} {name} per layer (mean over heads)": ["Multiline", [rf"^memory/\d+/{memory}/{name}$"]]
+            for memory, name in means
+        }
+    )
+    return {"memory": charts} if charts else {}
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger, without the ``epoch`` scalar (a token-budget run has one endless
+    epoch: a flat line at 0 as the first chart), and writing once the custom-scalars layout that
+    groups the memory diagnostics (``memory_layout``) when they first appear."""
+
+    _layout_written = False
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if not self._layout_written and any(k.startswith("memory/") for k in metrics):
+            layout = memory_layout(list(metrics))
+            if layout:
+                self.experiment.add_custom_scalars(layout)
+            self._layout_written = True
+        super().log_metrics(metrics, step)
+
+    @rank_zero_only
+    def log_run_hparams(self, hparams: dict[str, Any], first: list[str], metrics: list[str]) -> None:
+        write_hparams(self.experiment, hparams, first, metrics)
+
+
+def _hparam_value(value: Any) -> bool | float | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return "null" if value is None else str(value)
+
+
+def write_hparams(writer: Any, hparams: dict[str, Any], first: list[str], metrics: list[str]) -> None:
+    """TensorBoard's hparams record for one run: the experiment config (every key; ``first`` marked as
+    the keys that differ, which HPARAMS lists first and shows, the rest hidden but selectable) with
+    ``metrics`` as its metric columns, and the run's session start with all values. Lightning's
+    ``log_hyperparams`` lists every key alphabetically and cannot mark any."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    def summary(tag: str, **data: Any) -> Summary:
+        # tensorboard.plugins.hparams.summary builds these too, but imports TensorFlow
+        content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **data)
+        plugin = SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
+        )
+        return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+
+    values = {k: _hparam_value(v) for k, v in hparams.items()}
+    kind = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64, str: api_pb2.DATA_TYPE_STRING}
+    infos = [
+        api_pb2.HParamInfo(name=k, type=kind[type(v)], differs=k in first)
+        for k, v in sorted(values.items(), key=lambda kv: (kv[0] not in first, kv[0]))
+    ]
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics]
+    start = plugin_data_pb2.SessionStartInfo()
+    for k, v in values.items():
+        if isinstance(v, bool):
+            start.hparams[k].bool_value = v
+        elif isinstance(v, float):
+            start.hparams[k].number_value = v
+        else:
+            start.hparams[k].string_value = v
+    file_writer = writer._get_file_writer()
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos)
+    file_writer.add_summary(summary(metadata.EXPERIMENT_TAG, experiment=experiment))
+    file_writer.add_summary(summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
+    end_info = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
+    file_writer.add_summary(summary(metadata.SESSION_END_INFO_TAG, session_end_info=end_info))
+
+
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -238,9 +332,12 @@ class PerfMonitor(L.Callback):
 
 
 class RunLifecycle(L.Callback):
-    def __init__(self, run_dir: Path, hparams: dict[str, Any], fresh_run: bool) -> None:
+    def __init__(
+        self, run_dir: Path, hparams: dict[str, Any], fresh_run: bool, compare_keys: list[str] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.hparams = hparams
+        self.compare_keys = list(compare_keys or [])
         self.fresh_run = fresh_run
         self.ckpt_dir = self.run_dir / C.CHECKPOINT_DIR
         self._t_start = 0.0
@@ -294,8 +391,6 @@ class RunLifecycle(L.Callback):
         if io is None:
             return
         if io.has_pending:
-            from lightning.pytorch.loggers import TensorBoardLogger
-
             for logger in trainer.loggers:  # TensorBoard buffers its events: on disk first
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.flush()
@@ -310,14 +405,10 @@ class RunLifecycle(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t_start = time.time()
         if self.fresh_run and trainer.global_step == 0:
-            from lightning.pytorch.loggers import TensorBoardLogger
-
             for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
+                if isinstance(logger, RunTensorBoardLogger):
                     # One hparams record per run; hp/* values are then updated as scalars.
-                    logger.log_hyperparams(
-                        self.hparams, {C.HP_VAL_LOSS: float("nan"), C.HP_TRAIN_LOSS: float("nan")}
-                    )
+                    logger.log_run_hparams(self.hparams, self.compare_keys, [C.HP_VAL_LOSS, C.HP_TRAIN_LOSS])
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         # What a checkpoint taken now stores; a validation that follows (its loader's iterator draws a

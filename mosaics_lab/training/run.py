@@ -24,7 +24,6 @@ import torch
 import yaml
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from mosaics_lab import __version__
 from mosaics_lab import constants as C
@@ -37,6 +36,7 @@ from mosaics_lab.training.callbacks import (
     JsonlLogger,
     PerfMonitor,
     RunLifecycle,
+    RunTensorBoardLogger,
     StepCheckpoint,
     atomic_write_text,
 )
@@ -159,6 +159,28 @@ def _check_explicit_run_dir(run_dir: Path) -> None:
         )
 
 
+def tensorboard_dir(run_dir: Path, recipe: Recipe) -> Path:
+    """Where the run's TensorBoard events live: ``<run dir>/<log.run_name>/``, so TensorBoard names the
+    run ``<recipe name>/<run id>/<run name>`` (the run dir itself for a run without a name)."""
+    return Path(run_dir) / recipe.log.tensorboard_subdir
+
+
+def run_tensorboard_dir(run_dir: Path) -> Path:
+    """The TensorBoard events folder of an existing run (from its recipe.yaml)."""
+    return tensorboard_dir(run_dir, read_run_recipe(run_dir))
+
+
+def rename_tensorboard_dir(run_dir: Path, previous: dict[str, Any], recipe: Recipe) -> None:
+    """A run resumed under another ``log.run_name`` keeps its curves: its events folder is renamed."""
+    old_name = (previous.get("log") or {}).get("run_name")
+    if old_name is None or old_name == recipe.log.run_name:
+        return
+    old = Path(run_dir) / dataclasses.replace(recipe.log, run_name=old_name).tensorboard_subdir
+    new = tensorboard_dir(run_dir, recipe)
+    if old.is_dir() and not new.exists():
+        os.replace(old, new)
+
+
 def pick_checkpoint(ckpt_dir: Path, move_aside: bool) -> tuple[Path | None, int | None]:
     """The checkpoint to resume from: of ``last.ckpt`` and the ``step-*.ckpt`` beside it, the newest
     (highest step) that loads. One that does not load is reported by name and, when ``move_aside``
@@ -221,6 +243,8 @@ def plan_run(recipe: Recipe) -> RunPlan:
     rank_zero = _is_rank_zero()
     lock = RunLock(run_dir).acquire() if rank_zero else None
     try:
+        if rank_zero and recipe_path.exists():
+            rename_tensorboard_dir(run_dir, previous, recipe)
         with torch.device("meta"):
             n_params = build_model(recipe.model).num_params()
         ckpt_dir = run_dir / C.CHECKPOINT_DIR
@@ -276,7 +300,12 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
             save_last=True,
             auto_insert_metric_name=False,
         ),
-        RunLifecycle(run_dir, flatten(recipe_to_dict(recipe)), fresh_run=plan.resume_from is None),
+        RunLifecycle(
+            run_dir,
+            flatten(recipe_to_dict(recipe)),
+            fresh_run=plan.resume_from is None,
+            compare_keys=[*(recipe.log.compare_keys or []), "model.arch"],
+        ),
         PerfMonitor(recipe.train.global_batch_size * recipe.model.block_size),
         StopFile(run_dir),  # after RunLifecycle: a sweep's STOP request ends fit cleanly, status kept
         *extra_callbacks,
@@ -304,8 +333,12 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
     # With no checkpoint the run starts again at step 0, and so do its curves.
     start_step = plan.resume_step or 0
     loggers = [
-        TensorBoardLogger(
-            save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=start_step
+        RunTensorBoardLogger(
+            save_dir=str(run_dir),
+            name="",
+            version=recipe.log.tensorboard_subdir,
+            default_hp_metric=False,
+            purge_step=start_step,
         ),
         # Only rank zero rewrites metrics.jsonl on resume (its log_metrics is rank-zero already).
         JsonlLogger(run_dir, resume_step=start_step if _is_rank_zero() else None),

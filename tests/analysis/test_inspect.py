@@ -11,7 +11,7 @@ import pytest
 from mosaics_lab.analysis.inspect import InspectError, InspectOptions, answer_pairs, inspect_run
 from mosaics_lab.config import load_recipe
 from mosaics_lab.data.tasks.base import IGNORE_INDEX
-from mosaics_lab.training.run import train
+from mosaics_lab.training.run import run_tensorboard_dir, train
 from tests.conftest import REPO, tiny_overrides
 from tests.evaluation.test_eval_cli import PNG_MAGIC, task_overrides
 
@@ -36,7 +36,7 @@ def v1_stories_run(stories_dir, tmp_path_factory) -> Path:
 def image_tags(run_dir: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc = EventAccumulator(str(run_tensorboard_dir(run_dir)), size_guidance={"images": 0})
     acc.Reload()
     return set(acc.Tags()["images"])
 

@@ -12,7 +12,7 @@ import pytest
 from mosaics_lab import constants as C
 from mosaics_lab.cli import EXIT_USER_ERROR, main
 from mosaics_lab.config import load_recipe
-from mosaics_lab.training.run import train
+from mosaics_lab.training.run import run_tensorboard_dir, train
 from tests.conftest import REPO, task_overrides, tiny_overrides
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,9 +40,17 @@ def eval_argv(run: Path, options: str) -> list[str]:
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir))
+    acc = EventAccumulator(str(run_tensorboard_dir(run_dir)))
     acc.Reload()
     return {e.step: e.value for e in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] else {}
+
+
+def image_tags(run_dir: Path) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_tensorboard_dir(run_dir)), size_guidance={"images": 0})
+    acc.Reload()
+    return acc.Tags()["images"]
 
 
 def test_eval_writes_json_png_and_tensorboard_with_the_length_as_step(induction_run, capsys):
@@ -61,6 +69,7 @@ def test_eval_writes_json_png_and_tensorboard_with_the_length_as_step(induction_
     assert accuracy[128] == pytest.approx(record["points"][0]["metrics"]["accuracy"])
     assert scalars(induction_run, "eval/induction/accuracy_at_1x") == {2: pytest.approx(accuracy[128])}
     assert "length 256: accuracy" in capsys.readouterr().out
+    assert "eval/induction" in image_tags(induction_run)  # the figure, in TensorBoard's IMAGES tab
 
 
 def test_eval_of_a_checkpoint_file_writes_into_its_run(induction_run):

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from mosaics_lab.analysis.compare import compare
 from mosaics_lab.sweeps.launcher import ERROR_ATTR
 from mosaics_lab.sweeps.report import PLOTS_DIR, SUMMARY_MD
+from mosaics_lab.training.run import run_tensorboard_dir
 
 from .conftest import load_trials, run_sweep, tiny_trial_overrides, write_sweep
 
@@ -37,7 +38,7 @@ def test_trials_are_normal_runs_failures_are_recorded_and_compare_reads_them(tmp
         run_dir = out / "s" / f"trial-{t.number:04d}"
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
         assert "train:\n" in (run_dir / "recipe.yaml").read_text()
-        events = list(run_dir.glob("events.out.tfevents*"))
+        events = list(run_tensorboard_dir(run_dir).glob("events.out.tfevents*"))
         assert events and any(b"hparams" in e.read_bytes() for e in events)  # TensorBoard's HPARAMS tab
         assert t.value == json.loads((run_dir / "summary.json").read_text())["metrics"]["val/loss"]
         assert t.intermediate_values, "the objective was reported at training steps"

@@ -21,7 +21,7 @@ from mosaics_lab.cli import EXIT_NONFINITE, EXIT_USER_ERROR, main
 from mosaics_lab.config import load_recipe
 from mosaics_lab.training import module as module_mod
 from mosaics_lab.training.module import NonFiniteError
-from mosaics_lab.training.run import RunDirError, train
+from mosaics_lab.training.run import RunDirError, run_tensorboard_dir, train
 from tests.conftest import REPO, tiny_overrides
 
 TINY_RECIPES = sorted(
@@ -40,7 +40,7 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir))
+    acc = EventAccumulator(str(run_tensorboard_dir(run_dir)))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
 
@@ -52,7 +52,7 @@ def test_tiny_recipe_trains_two_steps_and_lays_out_its_run_dir(recipe, stories_d
     assert saved["model"]["vocab_size"] == 257  # resolved from the data
     assert saved[C.RUN_META_KEY]["params"] > 0 and saved[C.RUN_META_KEY]["torch"] == torch.__version__
     assert (run_dir / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT).is_file()
-    assert list(run_dir.glob("events.out.tfevents*"))
+    assert list(run_tensorboard_dir(run_dir).glob("events.out.tfevents*"))
     summary = json.loads((run_dir / C.SUMMARY_FILE).read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 2
     rows = read_metrics(run_dir)
