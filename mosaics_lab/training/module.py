@@ -46,6 +46,7 @@ class LanguageModelModule(L.LightningModule):
         # The <|eot|> id whose positions cut each block into documents, when data.document_mask is
         # on; read from the data module in setup().
         self.eot_id: int | None = None
+        self._logging_step_aligned = False
         self._compiled = False
 
     def setup(self, stage: str) -> None:
@@ -110,6 +111,14 @@ class LanguageModelModule(L.LightningModule):
         # Per-step randomness (mosaic_v2's LTM delay) is a function of the optimiser step: the same
         # for every micro-batch of a step and on every rank, and restored with the step on resume.
         self.model.begin_step(self.trainer.global_step, self.recipe.seed)
+        if not self._logging_step_aligned:
+            # Lightning logs step k under its loop counter `_batches_that_stepped`, which equals the
+            # optimiser step here (one optimiser). A checkpoint written after training ended already
+            # holds the incremented counter and Lightning adds one more on restart, so extending a
+            # finished run logged steps 0, 1, 3, 4. Realign it with the restored step, once per fit
+            # (here: after the loop's own restart bookkeeping).
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+            self._logging_step_aligned = True
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)

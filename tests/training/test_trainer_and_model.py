@@ -129,3 +129,16 @@ def test_model_diagnostics_run_once_per_logging_step_not_per_micro_batch(stories
     assert len(calls) == 2
     rows = [json.loads(line) for line in (run / C.METRICS_FILE).read_text().splitlines() if line]
     assert sum(any(k.startswith("memory/0/stm/beta") for k in r) for r in rows) == 2
+
+
+def test_extending_a_finished_run_logs_the_next_steps_without_a_gap(stories_dir, tmp_path):
+    # Raising train.max_steps continues a finished run; its new steps follow on (was 0, 1, 3, 4).
+    run_dir = tmp_path / "run"
+    for steps in (2, 4):
+        train(
+            load_recipe(
+                REPO / "recipes" / "gpt2_tiny.yaml", tiny_overrides(stories_dir, run_dir, steps=steps)
+            )
+        )
+    rows = [json.loads(line) for line in (run_dir / C.METRICS_FILE).read_text().splitlines() if line]
+    assert [r["step"] for r in rows if C.TRAIN_LOSS in r] == [0, 1, 2, 3]
