@@ -406,9 +406,7 @@ class Block(nn.Module):
             self.ffn_norm, self.ffn = None, None
         else:
             self.ffn_norm = nn.RMSNorm(C, eps=config.norm_eps)
-            self.ffn = (
-                SwiGLU(config) if config.persistent == "swiglu" else PersistentMemory(config)
-            )
+            self.ffn = SwiGLU(config) if config.persistent == "swiglu" else PersistentMemory(config)
 
     def forward(
         self, x: torch.Tensor, docs: Optional[Documents] = None, ltm_delay: Optional[int] = None

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from mosaics_lab import constants as C
-from mosaics_lab.cli import EXIT_NONFINITE, EXIT_USER_ERROR, main
+from mosaics_lab.cli import EXIT_USER_ERROR, main
 from mosaics_lab.config import load_recipe
 from mosaics_lab.training import module as module_mod
 from mosaics_lab.training.module import NonFiniteError
@@ -78,7 +78,9 @@ def test_resume_reproduces_the_uninterrupted_losses_without_duplicate_steps(stor
     interrupted = load_recipe(
         REPO / "recipes" / "gpt2_tiny.yaml", [*overrides, f"log.run_dir={tmp_path / 'cut'}"]
     )
-    with pytest.raises(BaseException):  # noqa: B017 - Lightning re-raises or exits on interrupt
+    # A KeyboardInterrupt raised inside a callback (not a signal, which the run handles itself) is
+    # turned by Lightning's trainer entry point into SystemExit(1): a crash at step 13.
+    with pytest.raises(SystemExit):
         train(interrupted, callbacks=[InterruptAt(13)])
     assert max(losses_by_step(tmp_path / "cut")) > 10  # it logged past its step-10 checkpoint
     resumed = losses_by_step(train(interrupted))
@@ -136,7 +138,6 @@ def test_cli_exit_codes_for_user_mistakes(stories_dir, tmp_path, capsys):
     )
     assert "mosaics-lab prepare" in capsys.readouterr().err
     assert not (tmp_path / "nodata").exists()
-    assert EXIT_NONFINITE != EXIT_USER_ERROR
 
 
 def test_print_config_shows_the_resolved_recipe(capsys):
