@@ -370,6 +370,11 @@ def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
     """Train (or resume) the run of ``recipe``; returns its run directory. On SIGINT / SIGTERM the run
     saves its checkpoint and summary at the next optimiser step, then ``RunInterrupted`` is raised."""
     plan = plan_run(recipe)
+    # A strategy on one process (fsdp with one device) initialises a process group and sets
+    # MASTER_ADDR / MASTER_PORT in this process; both are undone at the end, so a later run here,
+    # or a multi-process run launched from here, does not meet a port still held by this one.
+    owns_group = not _dist_initialized()
+    saved_env = {key: os.environ.get(key) for key in _DIST_ENV}
     try:
         L.seed_everything(plan.recipe.seed, workers=True, verbose=False)
         module = LanguageModelModule(plan.recipe, plan.total_steps)
@@ -389,4 +394,19 @@ def train(recipe: Recipe, callbacks: Sequence[L.Callback] = ()) -> Path:
     finally:
         if plan.lock is not None:
             plan.lock.release()
+        if owns_group and _dist_initialized():
+            torch.distributed.destroy_process_group()
+        if owns_group:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     return plan.run_dir
+
+
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+
+
+def _dist_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -141,7 +141,10 @@ def assert_sharded_checkpoint_resumes_exactly(model: str, fsdp_run: Path, data: 
     assert not list((fsdp_run / C.CHECKPOINT_DIR).glob(".*")), "temporary checkpoint dirs left behind"
     resumed = tmp / "resumed"
     shutil.copytree(fsdp_run, resumed)
-    shutil.rmtree(resumed / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT)
+    # Resume takes the newest checkpoint that loads: keep only step 2's (as last.ckpt), and cut the
+    # logs back to it as a run killed after step 2 would have them.
+    for later in (C.LAST_CHECKPOINT, "step-000004.ckpt"):
+        shutil.rmtree(resumed / C.CHECKPOINT_DIR / later)
     (resumed / C.SUMMARY_FILE).unlink()
     shutil.copytree(
         resumed / C.CHECKPOINT_DIR / "step-000002.ckpt", resumed / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT
