@@ -33,3 +33,28 @@ def memory_tag(layer: int, memory: str, name: str) -> str:
 def eval_tag(task: str, metric: str) -> str:
     """`eval/<task>/<metric>`: what `mosaics-lab eval` writes to a run's TensorBoard."""
     return f"eval/{task}/{metric}"
+
+
+def hp_eval_tag(task: str, metric: str) -> str:
+    """`hp/<task>/<metric>`: an eval's headline metric as a column of TensorBoard's HPARAMS tab."""
+    return f"hp/{task}/{metric}"
+
+
+# The eval columns of the HPARAMS tab, listed in every run's hparams experiment config at training
+# (TensorBoard takes the column list from one run's config, any one, so every run lists them all, and
+# a column stays empty until `mosaics-lab eval` fills it). `metric@<point>` is a swept metric at one
+# point: a multiple of the training length (`@4x`) or a shot count (`@16-shot`).
+HP_EVAL_METRICS = tuple(
+    hp_eval_tag(task, metric)
+    for task, metrics in (
+        ("val", ("loss",)),
+        ("per_position", ("in_context_gain",)),
+        ("extrapolation", ("loss@1x", "loss@2x", "loss@4x", "loss@8x")),
+        ("mqar", ("accuracy",)),
+        ("regbench", ("accuracy", "tvd")),
+        ("manyshot", ("accuracy@1-shot", "accuracy@16-shot")),
+        ("multidoc_qa", ("exact_match@1x", "exact_match@8x")),
+        ("induction", ("accuracy@1x", "accuracy@8x")),
+    )
+    for metric in metrics
+)

@@ -21,6 +21,13 @@ step (tokens for lengths, shots, the position for per-position loss); headline s
 unswept task (and summaries such as the in-context gain) use the checkpoint's global step.
 Re-evaluating appends another event file; TensorBoard shows the latest value at each step.
 
+HPARAMS: the headline metrics that are columns of every run's hparams experiment config
+(``constants.HP_EVAL_METRICS``, listed at training) are also written as ``hp/<task>/<metric>`` at the
+checkpoint's global step, so the HPARAMS tab shows them beside ``hp/val_loss`` and sorts runs by them.
+A swept task's columns are points of its sweep, ``<metric>@<point>``: ``hp/extrapolation/loss@4x``
+(the point at 4x the training length; a length given in tokens is no column), ``hp/manyshot/
+accuracy@16-shot``. ``hparams_metrics`` picks them from a result.
+
 The JSON record (``RESULT_VERSION`` 1)::
 
     {"version": 1, "task": "induction", "run_dir": "...", "checkpoint": ".../last.ckpt", "which": "last",
@@ -307,7 +314,8 @@ def write_outputs(record: dict[str, Any], result: EvalResult, out_dir: Path, tb_
 def write_tensorboard(
     log_dir: Path, task: str, result: EvalResult, global_step: int, figure: Path | None = None
 ) -> None:
-    """The eval's scalars (``eval/<task>/<metric>``) and its figure as the image ``eval/<task>``."""
+    """The eval's scalars (``eval/<task>/<metric>``), its HPARAMS columns (``hp/<task>/<metric>``, see
+    ``hparams_metrics``) and its figure as the image ``eval/<task>``."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(log_dir))
@@ -327,8 +335,32 @@ def write_tensorboard(
         for name, value in result.metrics.items():
             if value is not None and name not in swept:
                 writer.add_scalar(C.eval_tag(task, name), value, global_step=global_step)
+        for tag, value in hparams_metrics(task, result).items():
+            writer.add_scalar(tag, value, global_step=global_step)
     finally:
         writer.close()
+
+
+def _point_label(axis: str | None, point: dict[str, Any]) -> str | None:
+    """How an HPARAMS column names a sweep point: ``4x`` (a multiple of the training length), ``16-shot``;
+    None for points that are no column (a length in tokens, a position)."""
+    if axis == "length" and point.get("factor"):
+        return f"{point['factor']}x"
+    if axis == "shots":
+        return f"{point['shots']}-shot"
+    return None
+
+
+def hparams_metrics(task: str, result: EvalResult) -> dict[str, float]:
+    """``{hp/<task>/<metric>: value}`` for the HPARAMS columns (``C.HP_EVAL_METRICS``) that ``result``
+    measured: headline metrics by name, swept metrics as ``<metric>@<point>``; missing values left out."""
+    candidates: dict[str, float | None] = {C.hp_eval_tag(task, k): v for k, v in result.metrics.items()}
+    for point in result.points:
+        label = _point_label(result.axis, point)
+        if label is not None and point["status"] == "ok":
+            for name, value in point["metrics"].items():
+                candidates[C.hp_eval_tag(task, f"{name}@{label}")] = value
+    return {tag: v for tag, v in candidates.items() if tag in C.HP_EVAL_METRICS and v is not None}
 
 
 def _jsonable(value: Any) -> Any:

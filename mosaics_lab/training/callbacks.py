@@ -407,8 +407,10 @@ class RunLifecycle(L.Callback):
         if self.fresh_run and trainer.global_step == 0:
             for logger in trainer.loggers:
                 if isinstance(logger, RunTensorBoardLogger):
-                    # One hparams record per run; hp/* values are then updated as scalars.
-                    logger.log_run_hparams(self.hparams, self.compare_keys, [C.HP_VAL_LOSS, C.HP_TRAIN_LOSS])
+                    # One hparams record per run; hp/* values are then updated as scalars (the eval
+                    # columns by `mosaics-lab eval`, later).
+                    columns = [C.HP_VAL_LOSS, C.HP_TRAIN_LOSS, *C.HP_EVAL_METRICS]
+                    logger.log_run_hparams(self.hparams, self.compare_keys, columns)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         # What a checkpoint taken now stores; a validation that follows (its loader's iterator draws a

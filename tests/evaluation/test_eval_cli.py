@@ -68,6 +68,9 @@ def test_eval_writes_json_png_and_tensorboard_with_the_length_as_step(induction_
     assert sorted(accuracy) == [128, 256]
     assert accuracy[128] == pytest.approx(record["points"][0]["metrics"]["accuracy"])
     assert scalars(induction_run, "eval/induction/accuracy_at_1x") == {2: pytest.approx(accuracy[128])}
+    # the HPARAMS column of the 1x point, at the checkpoint's step (2x is no column)
+    assert scalars(induction_run, "hp/induction/accuracy@1x") == {2: pytest.approx(accuracy[128])}
+    assert scalars(induction_run, "hp/induction/accuracy@2x") == {}
     assert "length 256: accuracy" in capsys.readouterr().out
     assert "eval/induction" in image_tags(induction_run)  # the figure, in TensorBoard's IMAGES tab
 

@@ -1,6 +1,7 @@
 """What a researcher sees in TensorBoard, read from a real ``tensorboard`` server's HTTP data API (the
-requests its web page makes): the run's display name, the distinguishing keys first in HPARAMS, the
-scalars of one tag, no ``epoch`` chart, the memory diagnostics grouped per layer."""
+requests its web page makes): the run's display name, the distinguishing keys first in HPARAMS, an
+eval's headline metric as an HPARAMS column, the scalars of one tag, no ``epoch`` chart, the memory
+diagnostics grouped per layer."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from mosaics_lab import constants as C
 from mosaics_lab.config import load_recipe
+from mosaics_lab.evaluation.runner import EvalOptions, evaluate
 from mosaics_lab.training.callbacks import memory_layout, read_jsonl_rows
 from mosaics_lab.training.run import train
 from tests.conftest import REPO, tiny_overrides
@@ -61,7 +63,9 @@ def logdir(stories_dir, tmp_path_factory) -> Path:
         # as the sweep launcher passes them: the swept keys
         'log.compare_keys=["train.lr", "train.weight_decay"]',
     ]
-    train(load_recipe(REPO / "recipes" / "mosaic_v2_tiny.yaml", overrides))
+    run_dir = train(load_recipe(REPO / "recipes" / "mosaic_v2_tiny.yaml", overrides))
+    # `mosaics-lab eval RUN --task val` after training: its loss becomes the HPARAMS column hp/val/loss
+    evaluate(run_dir, "val", EvalOptions(batches=1, batch_size=2, progress=False))
     return root
 
 
@@ -100,21 +104,28 @@ def test_tensorboard_shows_the_run_under_its_human_name(tensorboard):
     assert tensorboard.get("/data/runs") == [f"trial-0000/{RUN_NAME}"]
 
 
-def test_hparams_lists_the_swept_keys_and_the_arch_first_and_keeps_the_rest(tensorboard):
+def test_hparams_lists_the_swept_keys_first_and_the_eval_metrics_as_columns(tensorboard, logdir):
     experiment = tensorboard.post("/data/plugin/hparams/experiment", {"experimentName": ""})
     names = [h["name"] for h in experiment["hparamInfos"]]
     differs = [h["name"] for h in experiment["hparamInfos"] if h.get("differs")]
     # the web page sorts by `differs` and shows the first five: these three, then two others
     assert names[:3] == ["model.arch", "train.lr", "train.weight_decay"] == differs
     assert {"data.path", "model.n_layer", "seed"} <= set(names[3:])
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [C.HP_VAL_LOSS, C.HP_TRAIN_LOSS]
+    columns = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    # the training losses, then every eval's headline metrics (columns whether or not evaluated yet)
+    assert columns == [C.HP_VAL_LOSS, C.HP_TRAIN_LOSS, *C.HP_EVAL_METRICS]
+    assert {"hp/val/loss", "hp/mqar/accuracy", "hp/extrapolation/loss@4x"} <= set(columns)
 
     groups = tensorboard.post(
         "/data/plugin/hparams/session_groups",
         {
             "experimentName": "",
             "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING", "STATUS_FAILURE"],
-            "colParams": [{"hparam": "train.lr"}, {"metric": {"tag": C.HP_VAL_LOSS}}],
+            "colParams": [
+                {"hparam": "train.lr"},
+                {"metric": {"tag": C.HP_VAL_LOSS}},
+                {"metric": {"tag": "hp/val/loss"}, "order": "ORDER_ASC"},
+            ],
             "startIndex": 0,
             "sliceSize": 10,
         },
@@ -123,8 +134,12 @@ def test_hparams_lists_the_swept_keys_and_the_arch_first_and_keeps_the_rest(tens
     assert group["name"] == f"trial-0000/{RUN_NAME}"
     assert group["hparams"]["train.lr"] == pytest.approx(0.0037)
     assert group["hparams"]["model.arch"] == "mosaic_v2"
-    (val_loss,) = [m for m in group["metricValues"] if m["name"]["tag"] == C.HP_VAL_LOSS]
-    assert 0 < val_loss["value"] < 10
+    values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+    assert 0 < values[C.HP_VAL_LOSS] < 10
+    # the eval's loss, as `mosaics-lab eval` wrote it to the run's eval/val.json
+    record = json.loads((logdir / "trial-0000" / "eval" / "val.json").read_text())
+    assert values["hp/val/loss"] == pytest.approx(record["metrics"]["loss"])
+    assert "hp/mqar/accuracy" not in values  # a column, empty for a run never evaluated on mqar
 
 
 def test_scalars_have_the_curves_of_each_step_and_no_epoch_chart(tensorboard):
