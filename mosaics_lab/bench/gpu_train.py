@@ -6,7 +6,7 @@ Shape letters: B batch, T sequence length, C width, L layers.
 Training goes through `mosaics_lab.training.run.train` with a shipped recipe and `key=value`
 overrides, exactly as `mosaics-lab train recipes/<arch>_tiny.yaml k=v ...` (each row records the
 equivalent command). The Transformer baselines get the d_ff that matches their mosaic's parameter
-count at the same shape (the rule of `model.match_params_of`).
+count at the same shape (the rule of a recipe's `match_params_of`).
 """
 
 from __future__ import annotations

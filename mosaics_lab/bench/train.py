@@ -11,7 +11,7 @@ model's decay / no-decay groups), on random tokens. Float32 on CPU; bf16 autocas
 
 Pairs (`PAIRS`): mosaic_v1 against gpt2 and mosaic_v2 against llama, the baseline's d_ff chosen
 so that its parameter count is within 2 % of the mosaic's (the same rule as
-`model.match_params_of`). Both models of a pair live in one process and are timed in alternation:
+`match_params_of`). Both models of a pair live in one process and are timed in alternation:
 each round times `steps` steps of one, then of the other, so drifts in machine load hit both
 alike; each model's figure is its median over rounds, the ratio the median of per-round ratios.
 Every pair and shape uses the same tokens per step (B * T).
@@ -115,7 +115,7 @@ def model_config(arch: str, shape: Shape, **extra: Any) -> ModelConfig:
 
 def matched_baseline(baseline: ModelConfig, target_params: int) -> ModelConfig:
     """`baseline` with d_ff set so that its parameter count is within TOLERANCE of target_params
-    (the matcher `model.match_params_of` uses, on a config instead of a recipe file)."""
+    (the matcher `match_params_of` uses, on a config instead of a recipe file)."""
     return fit_to_param_count(baseline, target_params)
 
 

@@ -155,15 +155,40 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     return dotlist
 
 
+def _move_legacy_match_params_of(file: Path, cfg: DictConfig) -> None:
+    """Runs saved before the key moved have `model.match_params_of` in their recipe.yaml (null, or the
+    recipe their already-matched model was fitted to): read it as the top-level key, so they resume.
+    A recipe that sets it is told to move it."""
+    model = cfg.get("model") if isinstance(cfg, DictConfig) else None
+    if not isinstance(model, DictConfig) or "match_params_of" not in model:
+        return
+    value = model.pop("match_params_of")
+    if value is None:
+        return
+    if file.name != "recipe.yaml":  # a run's saved recipe
+        raise RecipeError(
+            f"{file}: model.match_params_of moved to the recipe's top level (it relates two recipes, "
+            f"not a model property): write `match_params_of: {value}` beside `model:`"
+        )
+    if "match_params_of" not in cfg:
+        cfg.match_params_of = value
+
+
 def load_recipe_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The merged, validated recipe as an OmegaConf DictConfig (struct mode)."""
     layers = _resolve_bases(Path(path))
     for file, cfg in layers:
+        _move_legacy_match_params_of(file, cfg)
         # like base:, a recipe path inside a recipe is relative to the file that names it
-        other = OmegaConf.select(cfg, "model.match_params_of", default=None)
+        other = OmegaConf.select(cfg, "match_params_of", default=None)
         if other and not Path(str(other)).is_absolute():
-            cfg.model.match_params_of = os.path.relpath(file.parent / str(other))
+            cfg.match_params_of = os.path.relpath(file.parent / str(other))
     dotlist = parse_overrides(overrides)
+    if OmegaConf.select(dotlist, "model.match_params_of", default=None) is not None:
+        raise RecipeError(
+            "command line: model.match_params_of moved to the recipe's top level: write "
+            f"match_params_of={dotlist.model.match_params_of}"
+        )
     schema = schema_for(_arch_of(layers, dotlist))
     merged = schema
     for source, cfg in [*((str(p), c) for p, c in layers), ("command line", dotlist)]:

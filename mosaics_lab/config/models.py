@@ -23,9 +23,6 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.0
-    # Path of another recipe whose parameter count this model should match (< 2 %) by adjusting its
-    # width-free knob (d_ff for FFN models, pmem_size for persistent memories). Resolved by the loader.
-    match_params_of: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -43,7 +40,7 @@ class ModelConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     def match_knob(self) -> Optional[str]:
-        """The width-free field that `model.match_params_of` adjusts (None: the model has none)."""
+        """The width-free field that a recipe's `match_params_of` adjusts (None: the model has none)."""
         return None
 
     @property

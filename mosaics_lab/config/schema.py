@@ -184,6 +184,10 @@ def check_path_component(key: str, value: str) -> None:
 class Recipe:
     name: str = "unnamed"
     seed: int = 1337
+    # Another recipe whose model this recipe's model matches in parameter count (< 2 %), by adjusting
+    # its width-free knob (`ModelConfig.match_knob()`: d_ff, or pmem_size for persistent memories).
+    # A relation between two recipes, so it lives here, not in the model; relative to the file.
+    match_params_of: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -134,11 +134,9 @@ def resolve_recipe(recipe: Recipe) -> Recipe:
             f"({data_vocab} tokens, from its manifest): token ids would index past the embedding. Remove "
             f"model.vocab_size to take it from the data, or set it >= {data_vocab}."
         )
-    if model.match_params_of:
-        from mosaics_lab.training.matching import match_params
+    from mosaics_lab.training.matching import matched_model
 
-        model = match_params(model, model.match_params_of)
-    return dataclasses.replace(recipe, model=model)
+    return dataclasses.replace(recipe, model=matched_model(dataclasses.replace(recipe, model=model)))
 
 
 def _check_explicit_run_dir(run_dir: Path) -> None:

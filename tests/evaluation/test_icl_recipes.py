@@ -3,7 +3,6 @@ siblings, and trains for two steps."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from mosaics_lab import constants as C
 from mosaics_lab.config import load_recipe
 from mosaics_lab.data.prepare import TASK_DEFAULTS
 from mosaics_lab.data.tasks import TASKS, get_task
-from mosaics_lab.training.matching import count_params, match_params
+from mosaics_lab.training.matching import count_params, matched_model
 from mosaics_lab.training.run import train
 from tests.conftest import REPO, task_overrides
 
@@ -44,13 +43,8 @@ def test_recipe_trains_its_task_within_its_context(path):
 def test_the_three_architectures_are_parameter_matched(task):
     counts = {}
     for arch in ARCHS:
-        model = load_recipe(ICL / f"{task}_{arch}.yaml").model
-        model = dataclasses.replace(
-            model, vocab_size=task_of(load_recipe(ICL / f"{task}_{arch}.yaml")).vocab_size
-        )
-        if model.match_params_of:
-            model = match_params(model, model.match_params_of)
-        counts[arch] = count_params(model)
+        recipe = load_recipe(ICL / f"{task}_{arch}.yaml")
+        counts[arch] = count_params(matched_model(recipe, task_of(recipe).vocab_size))
     reference = counts["mosaic_v1"]
     assert all(abs(n - reference) / reference < 0.02 for n in counts.values()), counts
 

@@ -21,7 +21,7 @@ from mosaics_lab.models.mosaic_v1 import (
     ValueExtractor,
 )
 from mosaics_lab.ops import leaky_average_reference
-from mosaics_lab.training.matching import match_params
+from mosaics_lab.training.matching import match_params, matched_model
 from tests.models.harness import assert_batch_invariant, assert_causal, assert_runs_at_length, train_one_step
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -147,8 +147,7 @@ def _count(cfg) -> int:
 
 
 def _resolved_model(recipe: str):
-    cfg = dataclasses.replace(load_recipe(RECIPES / recipe).model, vocab_size=BYTE_VOCAB)
-    return match_params(cfg, cfg.match_params_of) if cfg.match_params_of else cfg
+    return matched_model(load_recipe(RECIPES / recipe), vocab_size=BYTE_VOCAB)
 
 
 def test_tiny_recipes_are_parameter_matched_within_2_percent():

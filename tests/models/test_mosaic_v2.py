@@ -16,7 +16,7 @@ from mosaics_lab.constants import memory_tag
 from mosaics_lab.models import build_model
 from mosaics_lab.models.mosaic_v2 import MosaicV2, MosaicV2Config, pairs_held
 from mosaics_lab.ops import kernel_regression_reference
-from mosaics_lab.training.matching import match_params
+from mosaics_lab.training.matching import matched_model
 from tests.models.harness import (
     assert_batch_invariant,
     assert_causal,
@@ -516,8 +516,7 @@ def test_recipe_loads_and_validates(name):
 
 def test_tiny_pair_is_parameter_matched_within_two_percent():
     mosaic = dataclasses.replace(load_recipe(REPO / "recipes/mosaic_v2_tiny.yaml").model, vocab_size=257)
-    llama = dataclasses.replace(load_recipe(REPO / "recipes/llama_tiny_matched.yaml").model, vocab_size=257)
-    llama = match_params(llama, llama.match_params_of)
+    llama = matched_model(load_recipe(REPO / "recipes/llama_tiny_matched.yaml"), vocab_size=257)
     a, b = meta_count(mosaic), meta_count(llama)
     assert abs(a - b) / a < 0.02, (a, b)
 
