@@ -5,6 +5,7 @@ diagnostics grouped per layer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,8 +71,9 @@ def logdir(stories_dir, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tensorboard(logdir):
+@contextlib.contextmanager
+def serve_tensorboard(logdir: Path) -> Iterator[TensorBoard]:
+    """A ``tensorboard`` server on ``logdir`` (a free local port), once it serves a run; then stopped."""
     port = free_port()
     cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--load_fast", "false", "--reload_interval", "1"]
@@ -98,6 +101,12 @@ def tensorboard(logdir):
             server.kill()
             server.wait()
         server.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def tensorboard(logdir):
+    with serve_tensorboard(logdir) as board:
+        yield board
 
 
 def test_tensorboard_shows_the_run_under_its_human_name(tensorboard):
