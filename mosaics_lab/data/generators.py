@@ -1,11 +1,14 @@
-"""Synthetic generators -> shards: the stories (token streams) and the in-context-learning tasks
-(fixed-length examples), one table of names, ``prepare_synthetic``."""
+"""Synthetic generators -> shards: one table (``generators()``) whose rows are the stories (token
+streams) and each in-context-learning task (fixed-length examples), and ``prepare_synthetic``."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,17 @@ STORIES_DEFAULTS: dict[str, Any] = {"num_tokens": 2_000_000, "val_fraction": 0.0
 TASK_DEFAULTS: dict[str, Any] = {"num_train": 20_000, "num_val": 500}
 
 
-# --- synthetic generators -------------------------------------------------------------------------
+# --- the generator table --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generator:
+    """One row of the table: how to complete a generator's arguments (defaults filled in, as the
+    manifest records them) and how to write its data. ``stories`` is a row like every task."""
+
+    name: str
+    resolve: Callable[..., dict[str, Any]]  # (tokenizer, bpe_vocab_size, **args) -> resolved args
+    prepare: Callable[..., Path]  # (out, args, seed, tokenizer, overwrite, chunk_bytes, source, progress)
 
 
 def _tasks_module() -> Any:
@@ -37,12 +50,23 @@ def _tasks_module() -> Any:
     return tasks
 
 
+def generators() -> dict[str, Generator]:
+    """The table: ``stories`` and every synthetic task of ``mosaics_lab.data.tasks``."""
+    table = {STORIES: Generator(STORIES, _resolve_stories, _prepare_stories)}
+    try:
+        task_names = sorted(_tasks_module().TASKS)
+    except Exception:  # the tasks package failing to import must not hide the stories generator
+        task_names = []
+    for name in task_names:
+        table[name] = Generator(
+            name, functools.partial(_resolve_task, name), functools.partial(_prepare_task, name)
+        )
+    return table
+
+
 def generator_names() -> list[str]:
     """``stories`` and every synthetic task name."""
-    try:
-        return [STORIES, *sorted(_tasks_module().TASKS)]
-    except Exception:  # the tasks package failing to import must not hide the stories generator
-        return [STORIES]
+    return list(generators())
 
 
 def _unknown_generator(name: str) -> DataError:
@@ -61,21 +85,28 @@ def resolve_generator_args(
     generator: str, tokenizer: str = "byte", bpe_vocab_size: int = 4096, **args: Any
 ) -> dict[str, Any]:
     """The complete arguments of ``generator`` (defaults filled in), as the manifest records them."""
-    if generator == STORIES:
-        unknown = sorted(set(args) - set(STORIES_DEFAULTS))
-        if unknown:
-            raise DataError(
-                f"unknown argument(s) {unknown} for generator 'stories'; valid: {sorted(STORIES_DEFAULTS)}"
-            )
-        resolved = _jsonable({**STORIES_DEFAULTS, **args})
-        if not isinstance(resolved["num_tokens"], int) or resolved["num_tokens"] < 1:
-            raise DataError(f"stories num_tokens must be a positive int, got {resolved['num_tokens']!r}")
-        check_val_fraction(resolved["val_fraction"])
-        if tokenizer == "bpe":
-            resolved["bpe_vocab_size"] = bpe_vocab_size
-        return resolved
-    if generator not in generator_names():
+    row = generators().get(generator)
+    if row is None:
         raise _unknown_generator(generator)
+    return row.resolve(tokenizer, bpe_vocab_size, **args)
+
+
+def _resolve_stories(tokenizer: str, bpe_vocab_size: int, **args: Any) -> dict[str, Any]:
+    unknown = sorted(set(args) - set(STORIES_DEFAULTS))
+    if unknown:
+        raise DataError(
+            f"unknown argument(s) {unknown} for generator 'stories'; valid: {sorted(STORIES_DEFAULTS)}"
+        )
+    resolved = _jsonable({**STORIES_DEFAULTS, **args})
+    if not isinstance(resolved["num_tokens"], int) or resolved["num_tokens"] < 1:
+        raise DataError(f"stories num_tokens must be a positive int, got {resolved['num_tokens']!r}")
+    check_val_fraction(resolved["val_fraction"])
+    if tokenizer == "bpe":
+        resolved["bpe_vocab_size"] = bpe_vocab_size
+    return resolved
+
+
+def _resolve_task(generator: str, tokenizer: str, bpe_vocab_size: int, **args: Any) -> dict[str, Any]:
     if tokenizer != "byte":
         raise DataError(
             f"generator {generator!r} is a synthetic task with its own vocabulary; use the default "
@@ -121,9 +152,8 @@ def prepare_synthetic(
     args = resolve_generator_args(generator, tokenizer, bpe_vocab_size, **generator_args)
     check_out(out, overwrite)
     source = {"kind": "generator", "generator": generator, "args": args, "seed": seed}
-    if generator == STORIES:
-        return _prepare_stories(out, args, seed, tokenizer, overwrite, chunk_bytes, source, progress)
-    return _prepare_task(out, generator, args, seed, overwrite, chunk_bytes, source, progress)
+    row = generators()[generator]
+    return row.prepare(out, args, seed, tokenizer, overwrite, chunk_bytes, source, progress)
 
 
 def _prepare_stories(
@@ -191,10 +221,11 @@ def _draw_examples(
 
 
 def _prepare_task(
-    out: Path,
     generator: str,
+    out: Path,
     args: dict[str, Any],
     seed: int,
+    tokenizer: str,
     overwrite: bool,
     chunk_bytes: int | None,
     source: dict[str, Any],

@@ -473,3 +473,14 @@ def test_prepare_shows_progress_on_stderr_and_quiet_turns_it_off(source, bar, tm
     assert main(["prepare", *source, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert bar not in captured.err and "prepared" in captured.out
+
+
+def test_stories_is_a_row_of_the_generator_table_like_every_task():
+    from mosaics_lab.data.generators import generators
+    from mosaics_lab.data.tasks import TASKS
+
+    table = generators()
+    assert list(table) == ["stories", *sorted(TASKS)]
+    assert all(
+        row.name == name and callable(row.resolve) and callable(row.prepare) for name, row in table.items()
+    )
