@@ -171,15 +171,9 @@ def run_bench(args: argparse.Namespace) -> int:
         from mosaics_lab.bench.gpu_check import run_gpu_check
 
         return run_gpu_check(args)
+    from mosaics_lab.bench.mask import bench_document_mask, format_document_mask
     from mosaics_lab.bench.ops import bench_ops, format_table
-    from mosaics_lab.bench.train import (
-        bench_document_mask,
-        bench_pairs,
-        bench_stm_scaling,
-        format_document_mask,
-        format_pairs,
-        format_scaling,
-    )
+    from mosaics_lab.bench.train import bench_pairs, bench_stm_scaling, format_pairs, format_scaling
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu")
