@@ -1,7 +1,9 @@
-"""``mosaics-lab eval RUN_OR_CHECKPOINT --task TASK [--lengths 1x,2x,4x,8x] [--shots 1,2,4,8,16] ...``.
+"""``mosaics-lab eval RUN_OR_CHECKPOINT --task TASK [--lengths 1x,2x,4x,8x] [--shots 1,2,4,8,16]
+[--ablate ltm|stm] ...``.
 
 Writes ``<run>/eval/<task>.json``, ``<run>/eval/<task>.png`` and ``eval/<task>/<metric>`` scalars to
-the run's TensorBoard, and prints the headline numbers (see ``runner`` for the details).
+the run's TensorBoard (``<task>-no_ltm`` with ``--ablate ltm``), and prints the headline numbers (see
+``runner`` for the details).
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a field of the synthetic task's config (repeatable), e.g. --task-arg num_kv_pairs=8",
     )
+    p.add_argument(
+        "--ablate",
+        default=None,
+        metavar="MEMORY",
+        help="mosaic_v2 only: evaluate with its ltm (or stm) removed, that memory contributing zero in "
+        "every block, without retraining; written as <task>-no_<memory>, beside the full model's result",
+    )
     p.add_argument("--out", default=None, help="directory for the JSON and PNG (default: <run>/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
@@ -91,6 +100,7 @@ def run_eval(args: argparse.Namespace) -> int:
         task_args=parse_task_args(args.task_arg),
         out_dir=args.out,
         progress=not args.quiet,
+        ablate=args.ablate,
     )
     record = evaluate(args.run, args.task, options)
     print(format_record(record))
@@ -103,7 +113,10 @@ def format_record(record: dict[str, Any]) -> str:
     def fmt(value: Any) -> str:
         return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    lines = [f"{record['task']} on {record['run_dir']} (step {record['global_step']}, {record['arch']}):"]
+    removed = f" with its {record['ablate']} removed" if record.get("ablate") else ""
+    lines = [
+        f"{record['task']} on {record['run_dir']} (step {record['global_step']}, {record['arch']}){removed}:"
+    ]
     for name, value in record["metrics"].items():
         lines.append(f"  {name}: {fmt(value)}")
     axis = record["axis"]

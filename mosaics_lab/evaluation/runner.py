@@ -10,6 +10,14 @@ Tasks (``EVAL_TASKS``):
 - ``mqar``, ``regbench``, ``manyshot``, ``multidoc_qa``, ``induction``: the synthetic in-context tasks
   (``icl``), on their test split.
 
+Ablation (``ablate``, CLI ``--ablate ltm|stm``): a mosaic_v2 model evaluated with one contextual memory
+removed, without retraining: that memory contributes exactly zero in every block
+(``models.ablation.ablated``, whose docstring gives the definition; the v2 paper: without its LTM,
+long-context QA collapses while short tasks do not). The result is another evaluation, named
+``<task>-no_<memory>`` (``eval_name``): ``eval/<task>-no_ltm.json`` and ``.png``, TensorBoard
+``eval/<task>-no_ltm/<metric>``, so an ablated and a full evaluation never overwrite each other; the
+JSON records ``"ablate": "ltm"`` (null for the full model). Ablated results are no HPARAMS columns.
+
 Task configuration: when the run was trained on the task (``data.generate`` names it), the task is
 built from the run's ``data.generate_args`` (the same config, scored on the test split, seeded with
 ``data.seed``); otherwise from the task's own defaults (``mosaics_lab.data.tasks``). ``task_args``
@@ -30,7 +38,8 @@ accuracy@16-shot``. ``hparams_metrics`` picks them from a result.
 
 The JSON record (``RESULT_VERSION`` 1)::
 
-    {"version": 1, "task": "induction", "run_dir": "...", "checkpoint": ".../last.ckpt", "which": "last",
+    {"version": 1, "task": "induction", "name": "induction", "ablate": null,  # name: eval_name(task, ablate)
+     "run_dir": "...", "checkpoint": ".../last.ckpt", "which": "last",
      "global_step": 300, "recipe": "icl_induction_llama", "arch": "llama", "params": 99776, "device": "cpu",
      "options": {"batches": 16, "batch_size": 16, "lengths": "1x,2x,4x,8x", "shots": null, "seed": 0,
                  "task_args": {}},
@@ -83,6 +92,7 @@ from mosaics_lab.evaluation.icl import (
 )
 from mosaics_lab.evaluation.lm import evaluate_extrapolation, evaluate_per_position, evaluate_val
 from mosaics_lab.evaluation.plots import plot_result
+from mosaics_lab.models.ablation import ABLATABLE_MEMORIES, ablatable_blocks, ablated
 
 EVAL_DIR = "eval"
 CHECKPOINT_CHOICES = ("last", "best")
@@ -111,6 +121,32 @@ class EvalOptions:
     out_dir: str | Path | None = None  # None: <run>/eval
     tensorboard: bool = True
     progress: bool = True  # a tqdm bar over (points x batches) on stderr; the CLI's --quiet turns it off
+    ablate: str | None = None  # "ltm" | "stm": evaluate with that memory removed (mosaic_v2 only)
+
+
+def eval_name(task: str, ablate: str | None = None) -> str:
+    """What an evaluation's files and TensorBoard tags are named: the task, ``<task>-no_<memory>``
+    with a memory removed."""
+    return task if ablate is None else f"{task}-no_{ablate}"
+
+
+def check_ablation_name(ablate: str | None) -> None:
+    if ablate is not None and ablate not in ABLATABLE_MEMORIES:
+        raise EvalError(
+            f"unknown --ablate {ablate!r}{nearest(ablate, ABLATABLE_MEMORIES)}; the memories a mosaic_v2 "
+            f"model can do without: {', '.join(ABLATABLE_MEMORIES)}"
+        )
+
+
+def _check_ablatable(model: torch.nn.Module, ablate: str | None, arch: str) -> None:
+    if ablate is None:
+        return
+    try:
+        ablatable_blocks(model, ablate)
+    except ValueError as exc:
+        raise EvalError(
+            f"--ablate {ablate}: this run's model is {arch}, and {exc}; evaluate it without --ablate"
+        ) from exc
 
 
 # --- resolving the run ----------------------------------------------------------------------------------
@@ -236,34 +272,40 @@ def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) ->
     )
     if options.task_args and task in LM_TASKS:
         raise EvalError(f"--task-arg is for the synthetic tasks ({', '.join(TASKS)}), not {task!r}")
+    check_ablation_name(options.ablate)
     device = _device(options.device)
 
     path = Path(path)
     ckpt = find_checkpoint(path, options.which)
     recipe, model = load_trained(ckpt, map_location="cpu")
     model = model.to(device).eval()
+    _check_ablatable(model, options.ablate, recipe.model.arch)
     run_dir = _run_dir_of(path, ckpt)
     step = _global_step(ckpt)
+    name = eval_name(task, options.ablate)
 
     started = time.time()
     record_task: dict[str, Any] = {}
-    if task in LM_TASKS:
-        points = len(lengths) if task == "extrapolation" else 1
-        with progress_bar(points * options.batches, f"eval {task}", options.progress) as bar:
-            result = _evaluate_lm(task, recipe, model, options, lengths, bar)
-    else:
-        task_cfg, source = task_from_recipe(recipe, task, options.task_args)
-        task_options.seed = recipe.data.seed if options.seed is None else options.seed
-        points = len(variants(task_cfg, task_options))
-        with progress_bar(points * options.batches, f"eval {task}", options.progress) as bar:
-            task_options.progress = bar
-            result = evaluate_task(model, task_cfg, task_options)
-        record_task = {"task_config_source": source}
+    with ablated(model, options.ablate):
+        if task in LM_TASKS:
+            points = len(lengths) if task == "extrapolation" else 1
+            with progress_bar(points * options.batches, f"eval {name}", options.progress) as bar:
+                result = _evaluate_lm(task, recipe, model, options, lengths, bar)
+        else:
+            task_cfg, source = task_from_recipe(recipe, task, options.task_args)
+            task_options.seed = recipe.data.seed if options.seed is None else options.seed
+            points = len(variants(task_cfg, task_options))
+            with progress_bar(points * options.batches, f"eval {name}", options.progress) as bar:
+                task_options.progress = bar
+                result = evaluate_task(model, task_cfg, task_options)
+            record_task = {"task_config_source": source}
     wall = time.time() - started
 
     record = {
         "version": RESULT_VERSION,
         "task": task,
+        "name": name,
+        "ablate": options.ablate,
         "run_dir": str(run_dir),
         "checkpoint": str(ckpt),
         "which": options.which,
@@ -290,7 +332,7 @@ def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) ->
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out_dir = Path(options.out_dir) if options.out_dir is not None else run_dir / EVAL_DIR
-    record["files"] = {"json": str(out_dir / f"{task}.json"), "png": str(out_dir / f"{task}.png")}
+    record["files"] = {"json": str(out_dir / f"{name}.json"), "png": str(out_dir / f"{name}.png")}
     from mosaics_lab.training.run import tensorboard_dir
 
     write_outputs(record, result, out_dir, tensorboard_dir(run_dir, recipe) if options.tensorboard else None)
@@ -298,25 +340,35 @@ def evaluate(path: str | Path, task: str, options: EvalOptions | None = None) ->
 
 
 def write_outputs(record: dict[str, Any], result: EvalResult, out_dir: Path, tb_dir: Path | None) -> None:
-    """``<out_dir>/<task>.json`` (atomically), ``<out_dir>/<task>.png``, and the TensorBoard scalars."""
-    task = record["task"]
+    """``<out_dir>/<name>.json`` (atomically), ``<out_dir>/<name>.png``, and the TensorBoard scalars."""
+    task, name, ablate = record["task"], record["name"], record["ablate"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{task}.json"
+    json_path = out_dir / f"{name}.json"
     tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, json_path)
     title = f"{record['recipe']} ({record['arch']}) step {record['global_step']}: {task}"
-    plot_result(result, task, title, out_dir / f"{task}.png")
+    if ablate is not None:
+        title += f", {ablate} removed"
+    plot_result(result, task, title, out_dir / f"{name}.png")
     if tb_dir is not None:
-        write_tensorboard(tb_dir, task, result, record["global_step"], out_dir / f"{task}.png")
+        write_tensorboard(tb_dir, task, result, record["global_step"], out_dir / f"{name}.png", ablate)
 
 
 def write_tensorboard(
-    log_dir: Path, task: str, result: EvalResult, global_step: int, figure: Path | None = None
+    log_dir: Path,
+    task: str,
+    result: EvalResult,
+    global_step: int,
+    figure: Path | None = None,
+    ablate: str | None = None,
 ) -> None:
-    """The eval's scalars (``eval/<task>/<metric>``), its HPARAMS columns (``hp/<task>/<metric>``, see
-    ``hparams_metrics``) and its figure as the image ``eval/<task>``."""
+    """The eval's scalars (``eval/<name>/<metric>``, name = ``eval_name(task, ablate)``), its figure as
+    the image ``eval/<name>`` and, for the full model only, its HPARAMS columns (``hp/<task>/<metric>``,
+    see ``hparams_metrics``)."""
     from torch.utils.tensorboard import SummaryWriter
+
+    name = eval_name(task, ablate)
 
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
@@ -324,19 +376,20 @@ def write_tensorboard(
             from matplotlib.image import imread
 
             pixels = imread(figure)  # (H, W, 4) floats in [0, 1]
-            writer.add_image(f"eval/{task}", pixels[..., :3], global_step, dataformats="HWC")
+            writer.add_image(f"eval/{name}", pixels[..., :3], global_step, dataformats="HWC")
         swept = set(result.point_metric_names())
         for point in result.points:
             if point["status"] != "ok":
                 continue
-            for name, value in point["metrics"].items():
+            for metric, value in point["metrics"].items():
                 if value is not None:
-                    writer.add_scalar(C.eval_tag(task, name), value, global_step=int(point[result.axis]))
-        for name, value in result.metrics.items():
-            if value is not None and name not in swept:
-                writer.add_scalar(C.eval_tag(task, name), value, global_step=global_step)
-        for tag, value in hparams_metrics(task, result).items():
-            writer.add_scalar(tag, value, global_step=global_step)
+                    writer.add_scalar(C.eval_tag(name, metric), value, global_step=int(point[result.axis]))
+        for metric, value in result.metrics.items():
+            if value is not None and metric not in swept:
+                writer.add_scalar(C.eval_tag(name, metric), value, global_step=global_step)
+        if ablate is None:  # the HPARAMS columns are the full model's
+            for tag, value in hparams_metrics(task, result).items():
+                writer.add_scalar(tag, value, global_step=global_step)
     finally:
         writer.close()
 

@@ -391,7 +391,13 @@ class PersistentMemory(nn.Module):
 class Block(nn.Module):
     """Pre-norm block; a drop-in for the llama block (`forward(x, docs)`), with `ltm_delay` (m, or
     None without an LTM) passed in, so every layer of one forward uses the same m and activation
-    checkpointing recomputes with it."""
+    checkpointing recomputes with it.
+
+    `zeroed_memories` names the contextual memories whose output is replaced by zeros in W_o's input
+    (not computed): empty, except inside `models.ablation.ablated`, which sets and restores it."""
+
+    ablatable_memories = ("stm", "ltm")
+    zeroed_memories: frozenset[str] = frozenset()
 
     def __init__(self, config: MosaicV2Config) -> None:
         super().__init__()
@@ -415,10 +421,11 @@ class Block(nn.Module):
         u = self.memory_norm(x)
         recalled = []
         if self.stm is not None:
-            recalled.append(self.stm(u, docs))
+            recalled.append(u.new_zeros(u.shape) if "stm" in self.zeroed_memories else self.stm(u, docs))
         if self.ltm is not None:
             assert ltm_delay is not None, "a block with a long-term memory needs the delay m"
-            recalled.append(self.ltm(u, ltm_delay, docs))
+            zeroed = "ltm" in self.zeroed_memories
+            recalled.append(u.new_zeros(u.shape) if zeroed else self.ltm(u, ltm_delay, docs))
         x = x + self.resid_dropout(self.c_proj(torch.cat(recalled, dim=-1)))  # [STM; LTM]: (B, T, 2C)
         if self.ffn is not None:
             x = x + self.ffn(self.ffn_norm(x), docs)

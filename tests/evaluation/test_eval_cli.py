@@ -1,5 +1,6 @@
 """``mosaics-lab eval`` end to end on tiny trained runs: the JSON, the PNG and the TensorBoard scalars
-it writes, the task config taken from the run's recipe, gpt2's length limit, and bad inputs."""
+it writes, the task config taken from the run's recipe, gpt2's length limit, a mosaic_v2 evaluated
+with a memory removed (``--ablate``), and bad inputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from mosaics_lab import constants as C
 from mosaics_lab.cli import EXIT_USER_ERROR, main
@@ -31,6 +33,12 @@ def induction_run(tmp_path_factory) -> Path:
 def gpt2_stories_run(stories_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("gpt2") / "run"
     return train(load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", tiny_overrides(stories_dir, run)))
+
+
+@pytest.fixture(scope="module")
+def mosaic_v2_stories_run(stories_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("mosaic_v2") / "run"
+    return train(load_recipe(REPO / "recipes" / "mosaic_v2_tiny.yaml", tiny_overrides(stories_dir, run)))
 
 
 def eval_argv(run: Path, options: str) -> list[str]:
@@ -116,6 +124,41 @@ def test_per_position_on_a_token_stream_gives_a_full_curve_and_the_gain(gpt2_sto
     assert sorted(scalars(gpt2_stories_run, "eval/per_position/loss")) == list(range(32))
 
 
+def test_an_eval_without_the_ltm_is_recorded_beside_the_full_one(mosaic_v2_stories_run, capsys):
+    run = mosaic_v2_stories_run
+    assert main(eval_argv(run, "--task val --batches 2 --batch-size 2")) == 0
+    assert main(eval_argv(run, "--task val --batches 2 --batch-size 2 --ablate ltm")) == 0
+    assert "with its ltm removed" in capsys.readouterr().out
+    full = json.loads((run / "eval" / "val.json").read_text())
+    removed = json.loads((run / "eval" / "val-no_ltm.json").read_text())
+    assert (full["name"], full["ablate"]) == ("val", None)
+    assert (removed["name"], removed["ablate"], removed["task"]) == ("val-no_ltm", "ltm", "val")
+    assert (run / "eval" / "val-no_ltm.png").read_bytes()[:8] == PNG_MAGIC
+    assert abs(removed["metrics"]["loss"] - full["metrics"]["loss"]) > 1e-4  # the LTM mattered
+    assert scalars(run, "eval/val/loss") == {2: pytest.approx(full["metrics"]["loss"])}
+    assert scalars(run, "eval/val-no_ltm/loss") == {2: pytest.approx(removed["metrics"]["loss"])}
+    # the HPARAMS column is the full model's, never overwritten by an ablation
+    assert scalars(run, "hp/val/loss") == {2: pytest.approx(full["metrics"]["loss"])}
+    assert "eval/val-no_ltm" in image_tags(run)
+
+
+def test_the_ablated_eval_is_the_model_with_the_memorys_projection_columns_zeroed(mosaic_v2_stories_run):
+    from mosaics_lab.evaluation.runner import EvalOptions, _evaluate_lm, evaluate
+    from mosaics_lab.training.checkpoint import find_checkpoint, load_trained
+
+    options = EvalOptions(batches=2, batch_size=2, progress=False, tensorboard=False, ablate="stm")
+    record = evaluate(mosaic_v2_stories_run, "val", options)  # the Python API the CLI calls
+    assert record["name"] == "val-no_stm" and record["ablate"] == "stm"
+
+    recipe, model = load_trained(find_checkpoint(mosaic_v2_stories_run, "last"), map_location="cpu")
+    C = recipe.model.n_embd
+    with torch.no_grad():
+        for block in model.blocks:  # W_o reads [STM ; LTM]: the STM's C columns set to zero
+            block.c_proj.weight[:, :C] = 0.0
+    by_hand = _evaluate_lm("val", recipe, model.eval(), EvalOptions(batches=2, batch_size=2), [])
+    assert by_hand.metrics["loss"] == pytest.approx(record["metrics"]["loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -128,6 +171,8 @@ def test_per_position_on_a_token_stream_gives_a_full_curve_and_the_gain(gpt2_sto
         (["eval", "{run}", "--task", "mqar", "--task-arg", "novalue"], "KEY=VALUE"),
         (["eval", "{run}", "--task", "mqar"], "uses token ids 0 .. 8191"),
         (["eval", "{run}", "--task", "extrapolation"], "use --task induction or --task multidoc_qa"),
+        (["eval", "{run}", "--task", "val", "--ablate", "ltn"], "--ablate 'ltn' (did you mean 'ltm'?)"),
+        (["eval", "{run}", "--task", "val", "--ablate", "ltm"], "this run's model is llama"),
     ],
 )
 def test_bad_inputs_exit_2_with_a_clear_message(induction_run, tmp_path, capsys, argv, message):
