@@ -48,7 +48,7 @@ HP_EVAL_METRICS = tuple(
     hp_eval_tag(task, metric)
     for task, metrics in (
         ("val", ("loss",)),
-        ("per_position", ("in_context_gain",)),
+        ("per_position", ("in_context_gain", "loss_slope_per_doubling")),
         ("extrapolation", ("loss@1x", "loss@2x", "loss@4x", "loss@8x")),
         ("mqar", ("accuracy",)),
         ("regbench", ("accuracy", "tvd")),

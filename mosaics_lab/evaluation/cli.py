@@ -125,5 +125,7 @@ def format_record(record: dict[str, Any]) -> str:
             shown = ", ".join(f"{k} {fmt(v)}" for k, v in point["metrics"].items())
             note = f"  ({point['reason']})" if point["status"] != "ok" else ""
             lines.append(f"  {axis} {point[axis]}: {shown if point['status'] == 'ok' else 'n/a'}{note}")
+    for name, text in (record.get("info") or {}).get("definitions", {}).items():
+        lines.append(f"  ({name}: {text})")
     lines.append(f"  -> {record['files']['json']}, {record['files']['png']}")
     return "\n".join(lines)

@@ -7,9 +7,17 @@ synthetic-task examples alike; on task examples only the labelled positions carr
 
 - per-position loss: the cross entropy at position t (the prediction after reading t + 1 tokens),
   averaged over many windows; NaN (None in JSON) at positions that never carry a label.
-- in-context gain: mean loss over the first ``GAIN_HEAD`` = 32 positions minus mean loss over the
-  last quarter of the window. Positive: the model predicts better once it has read more context.
-  With windows shorter than 128 tokens the head shrinks to T // 4 so the two ranges stay disjoint.
+- in-context gain, on the late context (``in_context_gain``): mean loss over the reference positions
+  32..63 (``GAIN_REFERENCE``) minus mean loss over the last quarter of the window (T - T // 4 .. T - 1).
+  Positive: the model still predicts better after reading hundreds of tokens than after 32..64. The
+  first 32 positions are left out on purpose: their loss falls steeply for any model (the first
+  tokens have almost no context), and a gain over them measured mostly positions 0..8. Windows
+  shorter than 128 tokens compare their second quarter (T // 4 .. T // 2 - 1) with their last one
+  (the same ranges at T = 128).
+- slope per doubling (``loss_slope_per_doubling``): the least-squares slope b of
+  loss_t ~ a + b log2(t + 1) over the positions t >= 32 (T // 4 below 128 tokens), t + 1 being the
+  tokens read: nats per doubling of the context, negative while more context keeps helping.
+  Positions 0-indexed throughout; positions without a label (NaN) are left out of both.
 - extrapolation: the per-position loss at lengths beyond the training length (the model runs at
   the longer T unchanged). A model that refuses a length (gpt2's learned positions) gets "n/a".
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +47,7 @@ from mosaics_lab.evaluation.common import (
     length_limit,
 )
 
-GAIN_HEAD = 32
+GAIN_REFERENCE = (32, 64)  # positions [32, 64): the late context's starting point
 # exp() of a loss above this overflows float64; such a perplexity is reported as None.
 _MAX_LOG_PPL = 700.0
 
@@ -82,21 +91,66 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def in_context_gain(curve: Sequence[float] | np.ndarray, head: int = GAIN_HEAD) -> dict[str, float | None]:
-    """Mean loss over the first ``head`` positions, over the last quarter, and their difference."""
-    curve = np.asarray(curve, dtype=np.float64)
-    length = len(curve)
+def gain_ranges(length: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The reference positions and the last quarter of a window of ``length``, as [start, end) pairs."""
     quarter = max(1, length // 4)
-    head = max(1, min(head, quarter))
-    first, last = curve[:head], curve[length - quarter :]
-    first_mean = float(np.nanmean(first)) if np.isfinite(first).any() else None
-    last_mean = float(np.nanmean(last)) if np.isfinite(last).any() else None
-    gain = first_mean - last_mean if first_mean is not None and last_mean is not None else None
+    last = (length - quarter, length)
+    if length >= 2 * GAIN_REFERENCE[1]:
+        return GAIN_REFERENCE, last
+    return (length // 4, min(length // 2, last[0])), last
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
+def loss_slope_per_doubling(curve: np.ndarray, start: int) -> float | None:
+    """Least-squares slope of loss_t against log2(t + 1) over the finite positions t >= ``start``
+    (None with fewer than two)."""
+    t = np.arange(len(curve))
+    keep = (t >= start) & np.isfinite(curve)
+    if keep.sum() < 2:
+        return None
+    x = np.log2(t[keep] + 1.0)
+    y = curve[keep]
+    x_centred = x - x.mean()
+    return float((x_centred * (y - y.mean())).sum() / (x_centred**2).sum())
+
+
+def in_context_gain(curve: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """The late-context summary of a per-position loss curve (module docstring): ``loss_reference``
+    (mean over the reference positions), ``loss_last_quarter``, ``in_context_gain`` (their
+    difference), ``loss_slope_per_doubling``, and the ``reference_positions`` [start, end) used."""
+    curve = np.asarray(curve, dtype=np.float64)
+    (ref_start, ref_end), (last_start, last_end) = gain_ranges(len(curve))
+    reference = _finite_mean(curve[ref_start:ref_end]) if ref_end > ref_start else None
+    last = _finite_mean(curve[last_start:last_end])
+    gain = reference - last if reference is not None and last is not None else None
     return {
-        "loss_first_positions": first_mean,
-        "loss_last_quarter": last_mean,
+        "loss_reference": reference,
+        "loss_last_quarter": last,
         "in_context_gain": gain,
-        "gain_head_positions": float(head),
+        "loss_slope_per_doubling": loss_slope_per_doubling(curve, ref_start),
+        "reference_positions": (ref_start, ref_end),
+    }
+
+
+def gain_definitions(length: int | None = None) -> dict[str, str]:
+    """The summary's definitions in words, for the JSON and the terminal: at a window of ``length``
+    (its actual positions), or for windows of any length (None)."""
+    if length is None:
+        reference = f"positions {GAIN_REFERENCE[0]}-{GAIN_REFERENCE[1] - 1} (T/4 to T/2 - 1 below 128 tokens)"
+        last, start = "the last quarter of the window", f"{GAIN_REFERENCE[0]} (T/4 below 128 tokens)"
+    else:
+        (ref_start, ref_end), (last_start, last_end) = gain_ranges(length)
+        reference = f"positions {ref_start}-{ref_end - 1}"
+        last, start = f"the last quarter (positions {last_start}-{last_end - 1})", str(ref_start)
+    return {
+        "in_context_gain": f"mean loss at {reference} minus mean loss over {last}; positions 0-indexed",
+        "loss_slope_per_doubling": (
+            f"least-squares slope of the loss against log2(position + 1) over positions >= {start}: "
+            "nats per doubling of the context read, negative while more context helps"
+        ),
     }
 
 
@@ -178,10 +232,11 @@ def evaluate_per_position(
     max_batches: int,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Per-position loss at the training length: one point per position, plus the gain summary."""
+    """Per-position loss at the training length: one point per position, plus the late-context
+    summary (``in_context_gain``, ``loss_slope_per_doubling``; definitions in ``info``)."""
     curve, windows = per_position_curve(model, batches, length, max_batches, progress)
     gain = in_context_gain(curve)
-    head = gain.pop("gain_head_positions")
+    reference = list(gain.pop("reference_positions"))
     points = [
         {"position": t, "status": "ok", "metrics": {"loss": finite_or_none(v)}} for t, v in enumerate(curve)
     ]
@@ -191,7 +246,12 @@ def evaluate_per_position(
         axis="position",
         points=points,
         curves={"loss": _curve_json(curve)},
-        info={"num_windows": windows, "length": length, "gain_head_positions": head},
+        info={
+            "num_windows": windows,
+            "length": length,
+            "gain_reference_positions": reference,
+            "definitions": gain_definitions(length),
+        },
     )
 
 
@@ -206,28 +266,35 @@ def evaluate_extrapolation(
     """Per-position loss at each length of ``lengths`` (``batches_at(T)`` gives windows of T tokens).
 
     Point metrics per length: ``loss`` (mean over the window), ``loss_beyond_train`` (mean over the
-    positions >= the training length; None at lengths that have none) and ``in_context_gain``.
+    positions >= the training length; None at lengths that have none), ``in_context_gain`` and
+    ``loss_slope_per_doubling`` (the late-context summary of that length's curve; module docstring).
     """
     model.eval()
     points, curves = [], {}
     for spec in lengths:
         length = spec.resolve(train_length)
         point = {"length": length, "label": spec.text, "factor": spec.factor}
-        names = ("loss", "loss_beyond_train", "in_context_gain")
+        names = ("loss", "loss_beyond_train", "in_context_gain", "loss_slope_per_doubling")
         reason = length_limit(model, length)
         if reason is not None:
             points.append({**point, "status": "n/a", "reason": reason, "metrics": dict.fromkeys(names)})
             continue
         curve, windows = per_position_curve(model, batches_at(length), length, max_batches, progress)
         beyond = curve[train_length:]
+        gain = in_context_gain(curve)
         metrics = {
             "loss": finite_or_none(np.nanmean(curve)) if np.isfinite(curve).any() else None,
             "loss_beyond_train": finite_or_none(np.nanmean(beyond)) if np.isfinite(beyond).any() else None,
-            "in_context_gain": in_context_gain(curve)["in_context_gain"],
+            "in_context_gain": finite_or_none(gain["in_context_gain"]),
+            "loss_slope_per_doubling": finite_or_none(gain["loss_slope_per_doubling"]),
         }
         points.append({**point, "status": "ok", "num_windows": windows, "metrics": metrics})
         curves[str(length)] = _curve_json(curve)
     ran = [p for p in points if p["status"] == "ok"]
     headline = {"loss_at_longest": ran[-1]["metrics"]["loss"]} if ran else {}
-    info = {"train_length": train_length, "longest_length": ran[-1]["length"] if ran else None}
+    info = {
+        "train_length": train_length,
+        "longest_length": ran[-1]["length"] if ran else None,
+        "definitions": gain_definitions(),  # at each length's own window
+    }
     return EvalResult(metrics=headline, axis="length", points=points, curves=curves, info=info)

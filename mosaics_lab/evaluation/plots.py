@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mosaics_lab.evaluation.common import EvalResult
+from mosaics_lab.evaluation.lm import gain_ranges
 
 
 def _new_figure() -> tuple[Figure, object]:
@@ -51,17 +52,29 @@ def plot_result(result: EvalResult, task: str, title: str, path: str | Path) -> 
     elif task == "per_position":
         curve = _values(result.curves["loss"])
         _plot_curve(ax, curve, color="tab:blue")
-        head = int(result.info.get("gain_head_positions") or 0)
-        ax.axvspan(0, head, color="tab:orange", alpha=0.15, label=f"first {head}")
+        (ref_start, ref_end), (last_start, last_end) = gain_ranges(len(curve))
         ax.axvspan(
-            len(curve) - max(1, len(curve) // 4),
-            len(curve),
-            color="tab:green",
-            alpha=0.15,
-            label="last quarter",
+            ref_start, ref_end, color="tab:orange", alpha=0.15, label=f"positions {ref_start}-{ref_end - 1}"
         )
+        ax.axvspan(last_start, last_end, color="tab:green", alpha=0.15, label="last quarter")
         gain = result.metrics.get("in_context_gain")
-        ax.set_title(f"in-context gain {gain:.3f}" if gain is not None else "in-context gain n/a", fontsize=9)
+        slope = result.metrics.get("loss_slope_per_doubling")
+        if slope is not None:
+            # the fitted line, through the curve's mean over the fitted positions
+            t = np.arange(ref_start, len(curve))
+            keep = np.isfinite(curve[ref_start:])
+            x = np.log2(t + 1.0)
+            intercept = np.mean(curve[ref_start:][keep] - slope * x[keep])
+            ax.plot(
+                t, intercept + slope * x, color="k", linestyle="--", linewidth=0.8, label="fit on log2(t+1)"
+            )
+        shown_gain = f"{gain:.3f}" if gain is not None else "n/a"
+        shown_slope = f"{slope:.3f}" if slope is not None else "n/a"
+        ax.set_title(
+            f"in-context gain {shown_gain} (loss at {ref_start}-{ref_end - 1} minus last quarter), "
+            f"slope {shown_slope} / doubling",
+            fontsize=8,
+        )
         ax.set_xlabel("position")
         ax.set_ylabel("loss (nats / token)")
         ax.legend()

@@ -3,8 +3,9 @@ in the run: ``<run>/eval/<task>.json``, ``<run>/eval/<task>.png`` and TensorBoar
 
 Tasks (``EVAL_TASKS``):
 - ``val``: loss and perplexity on the run's own validation split.
-- ``per_position``: per-position loss over validation windows of the training length, and the
-  in-context gain (``lm``).
+- ``per_position``: per-position loss over validation windows of the training length, and its
+  late-context summary (``lm``): the in-context gain, mean loss at positions 32-63 minus mean loss
+  over the last quarter, and the slope of the loss per doubling of the context from position 32 on.
 - ``extrapolation``: per-position loss at ``--lengths`` (default 1x,2x,4x,8x the training length)
   on the run's validation split; needs a token-stream dataset (text, stories).
 - ``mqar``, ``regbench``, ``manyshot``, ``multidoc_qa``, ``induction``: the synthetic in-context tasks
@@ -36,9 +37,9 @@ A swept task's columns are points of its sweep, ``<metric>@<point>``: ``hp/extra
 (the point at 4x the training length; a length given in tokens is no column), ``hp/manyshot/
 accuracy@16-shot``. ``hparams_metrics`` picks them from a result.
 
-The JSON record (``RESULT_VERSION`` 1)::
+The JSON record (``RESULT_VERSION`` 2)::
 
-    {"version": 1, "task": "induction", "name": "induction", "ablate": null,  # name: eval_name(task, ablate)
+    {"version": 2, "task": "induction", "name": "induction", "ablate": null,  # name: eval_name(task, ablate)
      "run_dir": "...", "checkpoint": ".../last.ckpt", "which": "last",
      "global_step": 300, "recipe": "icl_induction_llama", "arch": "llama", "params": 99776, "device": "cpu",
      "options": {"batches": 16, "batch_size": 16, "lengths": "1x,2x,4x,8x", "shots": null, "seed": 0,
@@ -51,7 +52,8 @@ The JSON record (``RESULT_VERSION`` 1)::
                 {"length": 1024, "label": "8x", ..., "status": "n/a", "reason": "<the model's error>",
                  "metrics": {"accuracy": null}}],
      "curves": {"<name>": [float | null, ...]},       # per-position losses, per-window val losses
-     "info": {"task_config": {...}, "num_examples": 256, "longest_length": 1024, ...},
+     "info": {"task_config": {...}, "num_examples": 256, "longest_length": 1024, ...,
+              "definitions": {"in_context_gain": "<in words>", ...}},   # per_position, extrapolation
      "wall_time_s": 3.2, "created": "2026-...", "files": {"json": "...", "png": "..."}}
 
 Missing values (n/a points, NaN) are null: JSON has no NaN.
@@ -96,7 +98,9 @@ from mosaics_lab.models.ablation import ABLATABLE_MEMORIES, ablatable_blocks, ab
 
 EVAL_DIR = "eval"
 CHECKPOINT_CHOICES = ("last", "best")
-RESULT_VERSION = 1
+# 2: per_position's in-context gain measures the late context (positions 32-63 against the last
+# quarter, and a slope per doubling), replacing loss_first_positions; "name" and "ablate" added.
+RESULT_VERSION = 2
 
 
 def check_task_name(task: str) -> None:

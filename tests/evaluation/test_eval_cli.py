@@ -114,13 +114,23 @@ def test_gpt2_extrapolation_is_na_beyond_block_size_and_exits_zero(gpt2_stories_
     assert "n/a" in capsys.readouterr().out
 
 
-def test_per_position_on_a_token_stream_gives_a_full_curve_and_the_gain(gpt2_stories_run):
+def test_per_position_on_a_token_stream_gives_a_full_curve_and_the_gain(gpt2_stories_run, capsys):
     assert main(eval_argv(gpt2_stories_run, "--task per_position --batches 2 --batch-size 2")) == 0
     record = json.loads((gpt2_stories_run / "eval" / "per_position.json").read_text())
-    assert len(record["curves"]["loss"]) == 32 and None not in record["curves"]["loss"]
+    assert record["version"] == 2
+    curve = record["curves"]["loss"]
+    assert len(curve) == 32 and None not in curve
+    # T = 32 (< 128): the second quarter (8..15) against the last one (24..31)
+    assert record["info"]["gain_reference_positions"] == [8, 16]
+    assert record["metrics"]["loss_reference"] == pytest.approx(sum(curve[8:16]) / 8)
     assert record["metrics"]["in_context_gain"] == pytest.approx(
-        record["metrics"]["loss_first_positions"] - record["metrics"]["loss_last_quarter"]
+        record["metrics"]["loss_reference"] - sum(curve[24:]) / 8
     )
+    definition = record["info"]["definitions"]["in_context_gain"]
+    assert definition.startswith("mean loss at positions 8-15 minus mean loss over the last quarter")
+    assert f"(in_context_gain: {definition})" in capsys.readouterr().out
+    slope = record["metrics"]["loss_slope_per_doubling"]
+    assert scalars(gpt2_stories_run, "hp/per_position/loss_slope_per_doubling") == {2: pytest.approx(slope)}
     assert sorted(scalars(gpt2_stories_run, "eval/per_position/loss")) == list(range(32))
 
 

@@ -45,11 +45,12 @@ def test_per_position_loss_recovers_the_chosen_curve_and_its_gain():
     result = evaluate_per_position(ChosenLoss(falling), zero_windows(256), 256, max_batches=10)
     curve = np.array(result.curves["loss"])
     np.testing.assert_allclose(curve, [falling(t) for t in range(256)], atol=TOL)
-    # first 32 positions at 3 nats, last quarter (192..255) at 1 nat
+    # positions 32..63 at 3 nats, last quarter (192..255) at 1 nat
     assert result.metrics["in_context_gain"] == pytest.approx(2.0, abs=TOL)
-    assert result.metrics["loss_first_positions"] == pytest.approx(3.0, abs=TOL)
+    assert result.metrics["loss_reference"] == pytest.approx(3.0, abs=TOL)
     assert result.metrics["loss_last_quarter"] == pytest.approx(1.0, abs=TOL)
-    assert result.info["num_windows"] == 10 and result.info["gain_head_positions"] == 32
+    assert result.info["num_windows"] == 10 and result.info["gain_reference_positions"] == [32, 64]
+    assert "positions 32-63 minus" in result.info["definitions"]["in_context_gain"]
     assert [p["metrics"]["loss"] for p in result.points] == pytest.approx(list(curve))
 
 
@@ -81,12 +82,42 @@ def test_per_position_accumulator_equals_one_pass_over_the_concatenated_batches(
     torch.testing.assert_close(metric.compute().float(), expected)
 
 
-def test_in_context_gain_shrinks_its_head_to_a_quarter_of_short_windows():
-    curve = np.concatenate([np.full(8, 4.0), np.full(24, 2.0)])  # T = 32: head = 8 positions
+def test_in_context_gain_measures_the_late_context_not_the_first_positions():
+    # T = 256: a steep start (positions 0..31, what the old definition measured), then 2 nats at
+    # 32..63, 1.5 in between and 1 over the last quarter (192..255)
+    curve = np.concatenate([np.full(32, 6.0), np.full(32, 2.0), np.full(128, 1.5), np.full(64, 1.0)])
     gain = in_context_gain(curve)
-    assert gain["gain_head_positions"] == 8
-    assert gain["in_context_gain"] == pytest.approx(2.0)
+    assert gain["in_context_gain"] == pytest.approx(1.0)  # 2 - 1; the first 32 positions play no part
+    assert gain["loss_reference"] == pytest.approx(2.0) and gain["loss_last_quarter"] == pytest.approx(1.0)
+    assert gain["reference_positions"] == (32, 64)
+
+
+def test_the_slope_per_doubling_of_context_is_fitted_over_positions_from_32_on():
+    t = np.arange(512)
+    # loss falls by 0.25 nats per doubling of the tokens read (t + 1) from position 32 on; before it,
+    # a curve of its own that a fit over every position would bend
+    curve = np.where(t >= 32, 5.0 - 0.25 * np.log2(t + 1), 9.0)
+    gain = in_context_gain(curve)
+    assert gain["loss_slope_per_doubling"] == pytest.approx(-0.25, abs=1e-9)
+    # the gain of that curve: 0.25 * (mean log2(t + 1) over the last quarter - over 32..63)
+    expected = 0.25 * (np.log2(t[384:] + 1).mean() - np.log2(t[32:64] + 1).mean())
+    assert gain["in_context_gain"] == pytest.approx(expected)
+    # unlabelled positions (NaN) are left out of the fit and the means
+    sparse = curve.copy()
+    sparse[::3] = np.nan
+    assert in_context_gain(sparse)["loss_slope_per_doubling"] == pytest.approx(-0.25, abs=1e-9)
+    flat = in_context_gain(np.full(256, 2.0))
+    assert flat["loss_slope_per_doubling"] == pytest.approx(0.0) and flat["in_context_gain"] == 0.0
+
+
+def test_windows_shorter_than_128_compare_their_second_and_last_quarters():
+    curve = np.concatenate([np.full(16, 5.0), np.full(16, 3.0), np.full(16, 2.5), np.full(16, 2.0)])
+    gain = in_context_gain(curve)  # T = 64: reference 16..31, last quarter 48..63
+    assert gain["reference_positions"] == (16, 32)
+    assert gain["in_context_gain"] == pytest.approx(1.0)
     assert in_context_gain(np.full(16, np.nan))["in_context_gain"] is None
+    one = in_context_gain(np.array([2.0]))  # nothing to compare in a single position
+    assert one["in_context_gain"] is None and one["loss_slope_per_doubling"] is None
 
 
 def test_val_loss_is_the_token_weighted_mean_and_ppl_its_exponential():
@@ -138,4 +169,6 @@ def test_extrapolation_measures_the_loss_beyond_the_training_length():
     assert one["loss"] == pytest.approx(2.0, abs=TOL)
     assert two["loss_beyond_train"] == pytest.approx(0.5, abs=TOL)
     assert two["loss"] == pytest.approx(1.25, abs=TOL)
+    # T = 128: positions 32..63 at 2 nats, the last quarter (96..127) at 0.5
     assert two["in_context_gain"] == pytest.approx(1.5, abs=TOL)
+    assert two["loss_slope_per_doubling"] < 0
