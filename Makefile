@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/quickstart.yaml
 PYTEST_ARGS ?=
+SIZE ?= cpu
+STUDY ?=
+STUDIES := mqar regbench manyshot multidoc_qa induction stories
 DEVICE ?= cuda
 ARGS ?=
 
@@ -61,10 +64,11 @@ bench: $(STAMP) ## CPU benchmarks: ops and training throughput, table + bench/*.
 gpu-check: $(STAMP) ## prove the CUDA path on one GPU in <8 min: table + bench/gpu_check.json, exit 1 on a failure (CPU smoke: DEVICE=cpu ARGS=--quick)
 	$(VENV)/bin/mosaics-lab bench gpu-check --device $(DEVICE) $(ARGS)
 
-reproduce-icl: $(STAMP) ## train MM v1 / v2 / llama on MQAR + RegBench (CPU, <30 min), write reports/icl.md
-	$(PY) -m mosaics_lab.evaluation.reproduce
+reproduce: $(STAMP) ## rerun the papers' claims: every study of sweeps/reproduce/ (STUDY=mqar one; SIZE=smoke|cpu|gpu, default cpu); re-running continues
+	@for s in $(if $(STUDY),$(STUDY),$(STUDIES)); do \
+		$(VENV)/bin/mosaics-lab reproduce $$s --size $(SIZE) $(ARGS) || exit $$?; done
 
 clean: ## remove caches (keeps runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache lightning_logs
 
-.PHONY: help install train test test-full lint format tensorboard bench gpu-check reproduce-icl clean test-postgres sweep-demo
+.PHONY: help install train test test-full lint format tensorboard bench gpu-check reproduce clean test-postgres sweep-demo

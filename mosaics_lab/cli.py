@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "mosaics_lab.evaluation.generate",
     "mosaics_lab.evaluation.cli",
     "mosaics_lab.sweeps.cli",
+    "mosaics_lab.sweeps.reproduce",
     "mosaics_lab.analysis.compare",
     "mosaics_lab.analysis.inspect",
     "mosaics_lab.training.consolidate",

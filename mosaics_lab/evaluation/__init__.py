@@ -1,7 +1,7 @@
 """Evaluation: the in-context task metrics (``metrics``), the evaluators (``lm``: validation loss,
 per-position loss, extrapolation; ``icl``: the synthetic tasks), ``runner.evaluate`` which records a
-result in a run, the ``mosaics-lab eval`` subcommand (``cli``) and ``make reproduce-icl``
-(``reproduce``).
+result in a run, and the ``mosaics-lab eval`` subcommand (``cli``). Reproductions of the papers'
+claims are sweeps (``sweeps/reproduce/``, ``mosaics-lab reproduce``) that call ``runner.evaluate``.
 
 Kept free of torch imports here so that building the CLI parser stays fast.
 """

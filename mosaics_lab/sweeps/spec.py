@@ -122,6 +122,9 @@ class SweepSpec:
     grid: list[dict[str, Any]] = field(default_factory=list)  # override sets (sampler grid)
     seeds: list[int] = field(default_factory=list)  # crossed with the grid cells (sets `seed`)
     overrides: dict[str, Any] = field(default_factory=dict)  # fixed recipe keys for every trial
+    # A reproduction study's plan (calibration, axis, evaluations, report): read by sweeps/reproduce.py,
+    # ignored by `mosaics-lab sweep`.
+    reproduce: dict[str, Any] = field(default_factory=dict)
     n_trials: Optional[int] = None  # trials in the study (grid: default all cells)
     storage: Optional[str] = None  # null: journal file <output_root>/<study>/journal.log; or a DB URL
     timeout: Optional[float] = None  # seconds after which this launcher starts no new trial
@@ -159,7 +162,7 @@ def _schema() -> DictConfig:
     schema = OmegaConf.structured(SweepSpec)
     OmegaConf.set_struct(schema, True)
     # Free-form mappings keyed by dotted recipe keys: the recipe schema validates those keys later.
-    for key in ("space", "overrides"):
+    for key in ("space", "overrides", "reproduce"):
         OmegaConf.set_struct(schema._get_node(key), False)
     return schema
 

@@ -1,0 +1,392 @@
+"""``mosaics-lab reproduce STUDY [--size smoke|cpu|gpu]``: one paper claim, rerun with one command.
+
+A study is a sweep file under ``sweeps/reproduce/`` (a grid of ``recipe:`` cells, one per
+architecture, the learning rates to search in ``space``, ``seeds``, ``sizes``) with a ``reproduce:``
+section saying how to run and report it (``ReproduceSpec``). It runs in four steps, each resumable
+(the sweep storage keeps the trials; finished evaluations are not redone), so a reproduction longer
+than one sitting continues where it stopped when the same command is run again:
+
+1. calibrate: the grid's cells x every value of ``calibrate`` (the learning rate), on the first seed,
+   at one point of the axis (``axis.calibrate_at``), as study ``<study>-calibrate``;
+2. main: each cell at its calibrated value (lowest final ``val/loss``, the validation split), x every
+   axis value (a budget, a number of training languages), x every seed, as study ``<study>``;
+3. evaluate: every completed main trial on each ``evaluate`` entry (test split; ``ablate`` removes a
+   memory at evaluation), written into the trial's run dir (``eval/<name>.json``);
+4. report: ``reports/<study>.md`` + PNGs + ``<study>_results.json`` (``analysis.study``), from the
+   run dirs alone; ``--report-only`` re-renders the stored ``results.json`` without any run.
+
+The smoke size (minutes on a CPU: the slow test suite runs it) writes its report under the study's
+output folder, never over the committed reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mosaics_lab.sweeps.spec import SweepError, SweepSpec, format_override, load_sweep_spec
+
+STUDY_DIR = Path("sweeps/reproduce")
+REPORT_DIR = Path("reports")
+SMOKE = "smoke"
+
+
+@dataclass
+class EvalJob:
+    task: str
+    lengths: Optional[str] = None
+    shots: Optional[str] = None
+    ablate: Optional[str] = None
+    task_args: dict[str, Any] = field(default_factory=dict)
+    archs: list[str] = field(default_factory=list)  # empty: every architecture
+
+
+@dataclass
+class AxisSpec:
+    key: str = ""
+    values: dict[str, list[Any]] = field(default_factory=dict)  # size -> axis values
+    calibrate_at: dict[str, Any] = field(default_factory=dict)  # size -> the value calibration runs at
+
+
+@dataclass
+class GateSpec:
+    eval: Optional[str] = None
+    metric: str = "accuracy"
+    point: str = "1x"
+    margin: float = 0.2
+    chance: Optional[float] = None  # used when the evaluation records no chance level
+
+
+@dataclass
+class ReproduceSpec:
+    title: str = ""
+    claim: str = ""
+    published: str = ""
+    notes: str = ""
+    calibrate: str = "train.lr"  # a categorical `space` key, searched on the first seed
+    group_by: list[str] = field(default_factory=lambda: ["model.arch"])
+    axis: Optional[AxisSpec] = None
+    evaluate: list[EvalJob] = field(default_factory=list)
+    eval_batches: dict[str, int] = field(default_factory=dict)  # size -> batches per evaluated point
+    eval_batch_size: int = 16
+    gate: GateSpec = field(default_factory=GateSpec)
+
+
+def parse_reproduce(raw: dict[str, Any], source: str) -> ReproduceSpec:
+    if not raw:
+        raise SweepError(f"{source}: a reproduction needs a `reproduce:` section (see sweeps/reproduce/)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ReproduceSpec), raw)
+        spec = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise SweepError(
+            f"{source}: reproduce.{getattr(exc, 'full_key', '?')}: {str(exc).splitlines()[0]}"
+        ) from exc
+    assert isinstance(spec, ReproduceSpec)
+    if not spec.title:
+        raise SweepError(f"{source}: reproduce.title is required")
+    return spec
+
+
+def study_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    path = STUDY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+        raise SweepError(f"no study {name!r} ({path} not found); studies: {', '.join(names) or 'none'}")
+    return path
+
+
+def _per_size(mapping: dict[str, Any], size: str, what: str, source: Path) -> Any:
+    if size not in mapping:
+        raise SweepError(f"{source}: {what} has no value for size {size!r} (has: {', '.join(mapping)})")
+    return mapping[size]
+
+
+# --- the two sweeps --------------------------------------------------------------------------------
+
+
+def calibration_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, source: Path) -> SweepSpec:
+    if rep.calibrate not in spec.space or spec.space[rep.calibrate].type != "categorical":
+        raise SweepError(
+            f"{source}: reproduce.calibrate {rep.calibrate!r} must be a categorical param of `space:`"
+        )
+    grid = [dict(cell) for cell in spec.grid] or [{}]
+    if rep.axis is not None:
+        at = _per_size(rep.axis.calibrate_at, size, "reproduce.axis.calibrate_at", source)
+        grid = [{**cell, rep.axis.key: at} for cell in grid]
+    return dataclasses.replace(spec, study=f"{spec.study}-calibrate", grid=grid, seeds=spec.seeds[:1])
+
+
+def main_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, chosen: list[Any], source: Path) -> SweepSpec:
+    """The grid's cells at their calibrated values (``chosen``, one per cell), x the axis, x seeds."""
+    cells = [dict(cell) for cell in spec.grid] or [{}]
+    grid = [{**cell, rep.calibrate: value} for cell, value in zip(cells, chosen)]
+    if rep.axis is not None:
+        values = _per_size(rep.axis.values, size, "reproduce.axis.values", source)
+        grid = [{**cell, rep.axis.key: v} for cell in grid for v in values]
+    space = {k: p for k, p in spec.space.items() if k != rep.calibrate}
+    return dataclasses.replace(spec, grid=grid, space=space)
+
+
+def choose(
+    calibration_dir: Path, spec: SweepSpec, rep: ReproduceSpec, source: Path
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Per grid cell, the calibrated value with the lowest final val/loss; and every (cell, value, loss)."""
+    from mosaics_lab.analysis.runs import discover_runs, load_runs
+    from mosaics_lab.constants import VAL_LOSS
+
+    runs = load_runs(discover_runs([str(calibration_dir)]))
+    cells = [dict(cell) for cell in spec.grid] or [{}]
+    chosen, table = [], []
+    for i, cell in enumerate(cells):
+        best, best_loss = None, math.inf
+        for r in runs:
+            if r.status != "completed" or not _run_matches(r.recipe, cell, source):
+                continue
+            loss = r.final(VAL_LOSS)
+            value = r.recipe.get(rep.calibrate)
+            table.append({"cell": i, rep.calibrate: value, "val/loss": loss, "run": str(r.path)})
+            if loss is not None and loss < best_loss:
+                best, best_loss = value, loss
+        if best is None:
+            raise SweepError(f"calibration of grid cell {i} {cell} has no completed run with a val/loss")
+        chosen.append(best)
+    return chosen, table
+
+
+def _run_matches(recipe: dict[str, Any], cell: dict[str, Any], source: Path) -> bool:
+    """Whether a run (its flattened recipe) ran grid cell ``cell`` of the study file ``source``."""
+    from mosaics_lab.sweeps.spec import RECIPE_KEY
+
+    for key, value in cell.items():
+        if key == RECIPE_KEY:
+            continue  # the recipe's own keys (name, arch) and the others below tell the cells apart
+        if recipe.get(key) != value:
+            return False
+    want = cell.get(RECIPE_KEY)
+    if want is None:
+        return True
+    from mosaics_lab.config.loader import load_recipe
+
+    return recipe.get("name") == load_recipe(source.parent / str(want)).name
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def size_overrides(spec: SweepSpec, size: str) -> list[str]:
+    """The size's overrides as ``key=value`` items, applied after the file's ``overrides:``."""
+    return [format_override(k, v) for k, v in (spec.sizes.get(size) or {}).items()]
+
+
+def run_sweep_spec(
+    path: Path, spec: SweepSpec, size: str, overrides: list[str], jobs: int, quiet: bool
+) -> int:
+    """Run (or continue) one sweep of the study, as `mosaics-lab sweep` runs a file: its own storage
+    under <output_root>/<study>/, a training subprocess per trial, the sweep's summary and plots."""
+    import optuna
+
+    from mosaics_lab.sweeps.launcher import (
+        Launcher,
+        default_train_command,
+        make_storage,
+        open_study,
+        storage_label,
+    )
+    from mosaics_lab.sweeps.report import write_report
+    from mosaics_lab.sweeps.spec import resolve_sweep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep = resolve_sweep(path, [*size_overrides(spec, size), *overrides], spec=spec)
+    out_dir = sweep.output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(sweep, make_storage(sweep, out_dir))
+    launcher = Launcher(
+        sweep=sweep,
+        study=study,
+        out_dir=out_dir,
+        jobs=jobs,
+        n_trials=None,
+        timeout=None,
+        train_command=default_train_command(),
+        log=(lambda msg: None) if quiet else (lambda msg: print(f"[{sweep.study}] {msg}", flush=True)),
+    )
+    code = launcher.run()
+    write_report(study, sweep, out_dir, storage_label(out_dir, spec.storage))
+    for err in launcher.errors:
+        print(f"mosaics-lab: launcher error: {err}", file=sys.stderr)
+    return code
+
+
+def evaluate_trials(study_dir: Path, rep: ReproduceSpec, size: str, source: Path, quiet: bool) -> list[str]:
+    """Every eval job on every completed trial that lacks it; returns the failures (one line each)."""
+    from mosaics_lab.analysis.runs import discover_runs, load_runs
+    from mosaics_lab.evaluation.runner import EvalOptions, eval_name, evaluate
+
+    batches = _per_size(rep.eval_batches, size, "reproduce.eval_batches", source) if rep.eval_batches else 16
+    failures = []
+    for run in load_runs(discover_runs([str(study_dir)])):
+        if run.status != "completed":
+            continue
+        for job in rep.evaluate:
+            if job.archs and run.recipe.get("model.arch") not in job.archs:
+                continue
+            name = eval_name(job.task, job.ablate)
+            if (run.path / "eval" / f"{name}.json").is_file():
+                continue
+            options = EvalOptions(
+                batches=int(batches),
+                batch_size=rep.eval_batch_size,
+                task_args=dict(job.task_args),
+                ablate=job.ablate,
+                progress=not quiet,
+            )
+            if job.lengths:
+                options.lengths = job.lengths
+            if job.shots:
+                options.shots = job.shots
+            try:
+                evaluate(run.path, job.task, options)
+            except Exception as exc:  # one bad evaluation must not lose the others
+                failures.append(f"{run.path}: eval {name}: {type(exc).__name__}: {exc}")
+    return failures
+
+
+def report_spec(rep: ReproduceSpec) -> Any:
+    from mosaics_lab.analysis.study import Gate, ReportSpec
+    from mosaics_lab.evaluation.runner import eval_name
+
+    group_by = list(rep.group_by) + ([rep.axis.key] if rep.axis else [])
+    return ReportSpec(
+        title=rep.title,
+        claim=rep.claim,
+        published=rep.published,
+        notes=rep.notes,
+        group_by=group_by,
+        select=rep.calibrate,
+        evals=list(dict.fromkeys(eval_name(j.task, j.ablate) for j in rep.evaluate)),
+        gate=Gate(**dataclasses.asdict(rep.gate)),
+    )
+
+
+def report_path(study: str, size: str, out_root: Path) -> Path:
+    name = study.removeprefix("reproduce_")
+    if size == SMOKE:
+        return out_root / study / "report" / f"{name}.md"
+    return REPORT_DIR / f"{name}.md"
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from mosaics_lab.analysis.study import collect, read_results, write_report
+
+    source = study_path(args.study)
+    spec = load_sweep_spec(source)
+    rep = parse_reproduce(dict(spec.reproduce or {}), str(source))
+    if args.size not in spec.sizes:
+        raise SweepError(f"{source}: no size {args.size!r}; sizes: {', '.join(spec.sizes) or 'none'}")
+    out_root = Path(args.out or spec.output_root)
+    spec.output_root = str(out_root)
+    rspec = report_spec(rep)
+    out_md = report_path(spec.study, args.size, out_root)  # type: ignore[arg-type]
+    if args.report_only:
+        stored = out_md.with_name(f"{out_md.stem}_results.json")
+        if not stored.is_file():
+            raise SweepError(f"--report-only: no stored results at {stored}; run the study first")
+        written = write_report(read_results(stored), rspec, out_md)
+        print(f"wrote {written['md']} from {stored}")
+        return 0
+    started = time.time()
+    say = (
+        (lambda msg: None)
+        if args.quiet
+        else (lambda msg: print(f"[reproduce {spec.study}] {msg}", flush=True))
+    )
+    cal = calibration_spec(spec, rep, args.size, source)
+    say(f"1/4 calibrate {rep.calibrate} on seed {cal.seeds[0] if cal.seeds else 'recipe'}: study {cal.study}")
+    code = run_sweep_spec(source, cal, args.size, args.overrides, args.jobs, args.quiet)
+    if code != 0:
+        say(f"calibration ended with exit code {code}; re-run the same command to continue it")
+        return code
+    chosen, table = choose(out_root / cal.study, spec, rep, source)
+    say(f"2/4 main study {spec.study} at {rep.calibrate} = {chosen}")
+    main = main_spec(spec, rep, args.size, chosen, source)
+    code = run_sweep_spec(source, main, args.size, args.overrides, args.jobs, args.quiet)
+    if code != 0:
+        say(f"main study ended with exit code {code}; re-run the same command to continue it")
+        return code
+    say("3/4 evaluate every completed trial on the test split")
+    failures = evaluate_trials(out_root / spec.study, rep, args.size, source, args.quiet)  # type: ignore[operator]
+    for line in failures:
+        print(f"mosaics-lab: {line}", file=sys.stderr)
+    meta = {
+        "study": spec.study,
+        "size": args.size,
+        "command": "mosaics-lab reproduce "
+        + " ".join(shlex.quote(a) for a in [args.study, "--size", args.size, *args.overrides]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "wall_time_s": _wall_time(out_root, spec.study, cal.study),  # type: ignore[arg-type]
+        "this_sitting_s": round(time.time() - started, 1),
+        "calibration": table,
+        "chosen": chosen,
+    }
+    results = collect(out_root / spec.study, rspec, meta)  # type: ignore[operator]
+    written = write_report(results, rspec, out_md)
+    say(f"4/4 wrote {written['md']} ({len(written['figures'])} figures)")
+    return 1 if failures else 0
+
+
+def _wall_time(out_root: Path, *studies: str) -> float:
+    """Training wall time summed over both studies' trials (what the reproduction cost, across sittings)."""
+    total = 0.0
+    for study in studies:
+        for summary in (out_root / study).glob("trial-*/summary.json"):
+            try:
+                total += float(json.loads(summary.read_text()).get("wall_time_s") or 0.0)
+            except (ValueError, OSError):
+                continue
+    return round(total, 1)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="rerun one paper claim: calibrate, train, evaluate, report (resumable)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("study", help="a study name (sweeps/reproduce/<name>.yaml) or a study file")
+    p.add_argument("overrides", nargs="*", help="key.path=value recipe overrides for every trial")
+    p.add_argument(
+        "--size", default="cpu", help="smoke | cpu | gpu: the budgets of the study file (default cpu)"
+    )
+    p.add_argument(
+        "--jobs", "-j", type=int, default=1, help="trials at once (default 1: one training at a time)"
+    )
+    p.add_argument("--out", default=None, help="output root of the studies' runs (default: the file's, runs)")
+    p.add_argument("--report-only", action="store_true", help="re-render the report from its stored results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+    p.set_defaults(func=run_reproduce_cli)
+
+
+def run_reproduce_cli(args: argparse.Namespace) -> int:
+    try:
+        return reproduce(args)
+    except KeyboardInterrupt:
+        print("mosaics-lab: interrupted; re-run the same command to continue", file=sys.stderr)
+        return 130

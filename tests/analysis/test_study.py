@@ -1,0 +1,106 @@
+"""analysis.study: a reproduction's numbers and report from stored results, without any run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mosaics_lab.analysis.study import (
+    Gate,
+    ReportSpec,
+    learned,
+    read_results,
+    render,
+    summarize,
+    write_report,
+)
+
+
+def _run(arch, lr, seed, val_loss, acc_1x, acc_4x, chance=0.25, status="completed"):
+    return {
+        "run": f"runs/s/trial-{arch}-{lr}-{seed}",
+        "group": {"model.arch": arch},
+        "select": lr,
+        "seed": seed,
+        "recipe": f"icl_{arch}",
+        "params": 1000,
+        "status": status,
+        "steps": 100,
+        "sequences": 3200,
+        "val_loss": val_loss,
+        "wall_time_s": 10.0,
+        "evals": {
+            "induction": {
+                "metrics": {"accuracy_at_1x": acc_1x},
+                "axis": "length",
+                "points": [
+                    {"label": "1x", "chance": chance, "metrics": {"accuracy": acc_1x}},
+                    {"label": "4x", "chance": chance, "metrics": {"accuracy": acc_4x}},
+                ],
+                "chance": None,
+            }
+        },
+    }
+
+
+SPEC = ReportSpec(
+    title="Induction", evals=["induction"], gate=Gate(eval="induction", metric="accuracy", point="1x")
+)
+
+
+def results():
+    runs = [
+        _run("mosaic_v2", 1e-3, 0, 0.9, 0.95, 0.90),
+        _run("mosaic_v2", 1e-3, 1, 1.1, 0.97, 0.80),
+        _run("mosaic_v2", 3e-3, 0, 2.0, 0.10, 0.10),  # worse lr: not the one kept
+        _run("llama", 1e-3, 0, 1.5, 0.30, 0.25),  # at chance + 0.05: did not learn
+        _run("llama", 1e-3, 1, 1.5, 0.32, 0.25),
+        _run("llama", 3e-3, 0, 9.0, 0.9, 0.9, status="failed: NonFiniteError"),  # never counted
+    ]
+    return {"version": 1, "meta": {"command": "mosaics-lab reproduce induction", "size": "cpu"}, "runs": runs}
+
+
+def test_rows_keep_the_lr_with_the_lowest_mean_val_loss_and_report_mean_std_over_seeds():
+    s = summarize(results(), SPEC)
+    rows = {r["model.arch"]: r for r in s["main"]}
+    assert rows["mosaic_v2"]["train.lr"] == 1e-3 and rows["mosaic_v2"]["seeds"] == "0,1"
+    assert rows["mosaic_v2"]["val/loss"] == "1.0000 +- 0.1414 (n=2)"
+    assert rows["mosaic_v2"]["induction accuracy_at_1x"] == "0.960 +- 0.014 (n=2)"
+    assert len(s["calibration"]) == 3 and s["completed"] == 5
+
+
+def test_the_gate_withholds_the_curves_of_a_row_that_did_not_learn():
+    s = summarize(results(), SPEC)
+    rows = {r["model.arch"]: r for r in s["main"]}
+    assert rows["mosaic_v2"]["learned"] == "yes"
+    assert rows["llama"]["learned"] == "no" and "did not learn at this budget" in rows["llama"]["gate"]
+    assert list(s["curves"]["induction"]) == ["arch=mosaic_v2"]
+    (mean_1x, _, n), (mean_4x, _, _) = s["curves"]["induction"]["arch=mosaic_v2"]["metrics"]["accuracy"]
+    assert (mean_1x, mean_4x, n) == (pytest.approx(0.96), pytest.approx(0.85), 2)
+
+
+def test_a_row_above_chance_on_average_but_at_chance_on_one_seed_has_not_learned():
+    rows = [_run("x", 1, 0, 1.0, 0.99, 0.5), _run("x", 1, 1, 1.0, 0.25, 0.2)]
+    ok, why = learned(rows, SPEC.gate)
+    assert not ok and "0.620" in why
+
+
+def test_no_gate_means_every_row_counts_and_a_missing_chance_uses_the_files():
+    assert learned([_run("x", 1, 0, 1.0, 0.1, 0.1)], Gate(eval=None))[0]
+    row = _run("x", 1, 0, 1.0, 0.5, 0.5, chance=None)
+    assert not learned([row], Gate(eval="induction"))[0]
+    assert learned([row], Gate(eval="induction", chance=0.1))[0]
+
+
+def test_the_report_renders_again_from_its_stored_results_alone(tmp_path):
+    out = tmp_path / "reports" / "induction.md"
+    written = write_report(results(), SPEC, out)
+    stored = read_results(written["results"])
+    assert stored == json.loads(json.dumps(results()))
+    text = out.read_text()
+    assert "mosaics-lab reproduce induction" in text and "Did not learn at this budget" in text
+    assert [p.name for p in written["figures"]] == ["induction_induction_accuracy.png"]
+    assert written["figures"][0].stat().st_size > 1000
+    out.unlink()
+    assert render(stored, SPEC, written["figures"]) == text
