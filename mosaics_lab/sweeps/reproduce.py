@@ -59,6 +59,14 @@ class AxisSpec:
     key: str = ""
     values: dict[str, list[Any]] = field(default_factory=dict)  # size -> axis values
     calibrate_at: dict[str, Any] = field(default_factory=dict)  # size -> the value calibration runs at
+    # size -> {key: template}: keys set with each axis value, "{}" replaced by it (e.g. a data path
+    # per number of training languages)
+    also: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def cell(self, size: str, value: Any) -> dict[str, Any]:
+        """The overrides of one axis point."""
+        also = self.also.get(size, {})
+        return {self.key: value, **{k: t.replace("{}", str(value)) for k, t in also.items()}}
 
 
 @dataclass
@@ -129,7 +137,7 @@ def calibration_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, source: Pat
     grid = [dict(cell) for cell in spec.grid] or [{}]
     if rep.axis is not None:
         at = _per_size(rep.axis.calibrate_at, size, "reproduce.axis.calibrate_at", source)
-        grid = [{**cell, rep.axis.key: at} for cell in grid]
+        grid = [{**cell, **rep.axis.cell(size, at)} for cell in grid]
     return dataclasses.replace(spec, study=f"{spec.study}-calibrate", grid=grid, seeds=spec.seeds[:1])
 
 
@@ -139,7 +147,7 @@ def main_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, chosen: list[Any],
     grid = [{**cell, rep.calibrate: value} for cell, value in zip(cells, chosen)]
     if rep.axis is not None:
         values = _per_size(rep.axis.values, size, "reproduce.axis.values", source)
-        grid = [{**cell, rep.axis.key: v} for cell in grid for v in values]
+        grid = [{**cell, **rep.axis.cell(size, v)} for cell in grid for v in values]
     space = {k: p for k, p in spec.space.items() if k != rep.calibrate}
     return dataclasses.replace(spec, grid=grid, space=space)
 
@@ -148,10 +156,13 @@ def choose(
     calibration_dir: Path, spec: SweepSpec, rep: ReproduceSpec, source: Path
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Per grid cell, the calibrated value with the lowest final val/loss; and every (cell, value, loss)."""
-    from mosaics_lab.analysis.runs import discover_runs, load_runs
+    from mosaics_lab.analysis.runs import RunsError, discover_runs, load_runs
     from mosaics_lab.constants import VAL_LOSS
 
-    runs = load_runs(discover_runs([str(calibration_dir)]))
+    try:
+        runs = load_runs(discover_runs([str(calibration_dir)]))
+    except RunsError:  # no calibration run at all: the error below names the first cell
+        runs = []
     cells = [dict(cell) for cell in spec.grid] or [{}]
     chosen, table = [], []
     for i, cell in enumerate(cells):

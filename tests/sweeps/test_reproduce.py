@@ -1,0 +1,139 @@
+"""mosaics-lab reproduce: the study files, the calibrate -> main plan, the choice of the calibrated
+value from stored runs, and (slow) a whole study at --size smoke."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mosaics_lab import constants as C
+from mosaics_lab.cli import main
+from mosaics_lab.sweeps.reproduce import (
+    STUDY_DIR,
+    calibration_spec,
+    choose,
+    main_spec,
+    parse_reproduce,
+    size_overrides,
+    study_path,
+)
+from mosaics_lab.sweeps.spec import SweepError, load_sweep_spec
+from tests.conftest import REPO
+
+STUDIES = sorted(p.stem for p in (REPO / STUDY_DIR).glob("*.yaml"))
+
+
+def test_the_six_studies_of_the_issue_are_shipped():
+    assert STUDIES == ["induction", "manyshot", "mqar", "multidoc_qa", "regbench", "stories"]
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_has_its_plan_sizes_and_seeds(name):
+    path = REPO / STUDY_DIR / f"{name}.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    assert set(spec.sizes) == {"smoke", "cpu", "gpu"}
+    assert len(spec.seeds) >= 2 and spec.sampler.type == "grid"
+    assert rep.calibrate in spec.space and len(spec.space[rep.calibrate].choices) >= 3
+    assert all("recipe" in cell for cell in spec.grid) and len(spec.grid) >= 3
+    archs = {yaml.safe_load((path.parent / cell["recipe"]).read_text())["name"] for cell in spec.grid}
+    assert len(archs) >= 2  # a comparison
+    if rep.axis is not None:
+        assert set(rep.axis.values) == set(spec.sizes) == set(rep.axis.calibrate_at)
+    assert rep.evaluate and rep.title
+
+
+def test_calibration_runs_every_value_on_the_first_seed_at_one_axis_point():
+    path = REPO / STUDY_DIR / "mqar.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    cal = calibration_spec(spec, rep, "cpu", path)
+    assert cal.study == "reproduce_mqar-calibrate" and cal.seeds == [0]
+    assert all(cell["train.max_steps"] == 2000 for cell in cal.grid) and len(cal.grid) == 3
+    assert "train.lr" in cal.space  # crossed with the cells: 3 x 3 trials
+
+
+def test_the_main_study_runs_each_cell_at_its_value_on_every_axis_point_and_seed():
+    path = REPO / STUDY_DIR / "mqar.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    main_ = main_spec(spec, rep, "cpu", [1e-3, 3e-3, 1e-2], path)
+    assert main_.study == "reproduce_mqar" and main_.seeds == [0, 1] and "train.lr" not in main_.space
+    assert len(main_.grid) == 3 * 4
+    assert [c["train.lr"] for c in main_.grid[:4]] == [1e-3] * 4
+    assert [c["train.max_steps"] for c in main_.grid[:4]] == [125, 500, 2000, 4000]
+
+
+def test_sizes_become_overrides_and_an_unknown_study_names_the_studies():
+    spec = load_sweep_spec(REPO / STUDY_DIR / "induction.yaml")
+    assert "train.max_steps=3" in size_overrides(spec, "smoke")
+    with pytest.raises(SweepError, match="studies: induction, manyshot"):
+        study_path("inductoin")
+
+
+def test_a_missing_reproduce_section_or_title_is_an_error():
+    with pytest.raises(SweepError, match="needs a `reproduce:` section"):
+        parse_reproduce({}, "x.yaml")
+    with pytest.raises(SweepError, match="title is required"):
+        parse_reproduce({"claim": "c"}, "x.yaml")
+    with pytest.raises(SweepError, match="reproduce.gate"):
+        parse_reproduce({"title": "t", "gate": {"margn": 1}}, "x.yaml")
+
+
+def _fake_run(root: Path, n: int, recipe_name: str, lr: float, val_loss: float | None, status="completed"):
+    run = root / f"trial-{n}"
+    run.mkdir(parents=True)
+    (run / C.RECIPE_FILE).write_text(yaml.safe_dump({"name": recipe_name, "seed": 0, "train": {"lr": lr}}))
+    (run / C.SUMMARY_FILE).write_text(json.dumps({"status": status, "global_step": 10}))
+    if val_loss is not None:
+        (run / C.METRICS_FILE).write_text(json.dumps({"step": 10, C.VAL_LOSS: val_loss}) + "\n")
+
+
+def test_choose_keeps_per_cell_the_value_with_the_lowest_final_val_loss(tmp_path):
+    path = REPO / STUDY_DIR / "induction.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    names = [yaml.safe_load((path.parent / c["recipe"]).read_text())["name"] for c in spec.grid]
+    n = 0
+    for name in names:
+        for lr, loss in ((1e-3, 2.0), (3e-3, 1.0), (1e-2, 3.0)):
+            _fake_run(tmp_path, n, name, lr, loss)
+            n += 1
+    _fake_run(tmp_path, n, names[0], 1e-2, 0.1, status="failed: NonFiniteError")  # never chosen
+    chosen, table = choose(tmp_path, spec, rep, path)
+    assert chosen == [3e-3, 3e-3, 3e-3] and len(table) == 9
+    with pytest.raises(SweepError, match="grid cell 0"):
+        choose(tmp_path / "empty", spec, rep, path)
+
+
+@pytest.mark.slow
+def test_a_whole_study_runs_at_smoke_size_and_its_report_renders_again(tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = [
+        "reproduce",
+        "induction",
+        "--size",
+        "smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        f"data.path={tmp_path / 'data'}",
+    ]
+    assert main(args) == 0
+    report = out / "reproduce_induction" / "report" / "induction.md"
+    text = report.read_text()
+    assert "Induction heads" in text and "## Calibration" in text and "mosaic_v2" in text
+    trials = sorted((out / "reproduce_induction").glob("trial-*"))
+    assert len(trials) == 3 * 2  # 3 architectures x 2 seeds at the calibrated lr
+    assert all((t / "eval" / "induction.json").is_file() for t in trials)
+    results = json.loads(report.with_name("induction_results.json").read_text())
+    assert len(results["meta"]["chosen"]) == 3 and len(results["meta"]["calibration"]) == 9
+    # a second run continues: nothing is retrained or re-evaluated, the report is the same
+    assert main(args) == 0
+    assert len(sorted((out / "reproduce_induction").glob("trial-*"))) == 6
+    report.unlink()
+    assert main([*args[:5], "--report-only"]) == 0
+    assert "Induction heads" in report.read_text()
