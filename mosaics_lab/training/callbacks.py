@@ -287,7 +287,12 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class PerfMonitor(L.Callback):
-    """tokens/s, model FLOPs utilisation (when the device's peak is known) and peak memory."""
+    """tokens/s, model FLOPs utilisation (when the device's peak is known) and peak memory.
+
+    Measured on logging steps only (``global_step % log_every_n_steps == 0``, when Lightning writes
+    step values): reading the clock means synchronising with the GPU, so the other steps run
+    without a host sync here. The rate is over the last ``window`` steps (at least one logging
+    interval)."""
 
     def __init__(self, tokens_per_step: int, flops_per_step: float | None = None, window: int = 10) -> None:
         self.tokens_per_step = tokens_per_step
@@ -301,8 +306,11 @@ class PerfMonitor(L.Callback):
         peak = get_available_flops(
             pl_module.device, torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
         )
+        every = max(1, trainer.log_every_n_steps)
         self._throughput = Throughput(
-            available_flops=peak, world_size=trainer.world_size, window_size=self.window
+            available_flops=peak,
+            world_size=trainer.world_size,
+            window_size=max(2, -(-self.window // every) + 1),
         )
         self._t0 = time.perf_counter()
 
@@ -311,6 +319,8 @@ class PerfMonitor(L.Callback):
         if step == self._last_step or self._throughput is None:
             return  # an accumulation micro-batch: no optimiser step happened
         self._last_step = step
+        if step % max(1, trainer.log_every_n_steps) != 0:
+            return  # not a logging step: no clock, no sync
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         elapsed = time.perf_counter() - self._t0

@@ -47,6 +47,9 @@ class LanguageModelModule(L.LightningModule):
         # on; read from the data module in setup().
         self.eot_id: int | None = None
         self._logging_step_aligned = False
+        # The losses of this step's micro-batches (detached), checked for finiteness together with
+        # the gradient norm before the optimiser steps: one host sync per step, not one per micro-batch.
+        self._step_losses: list[torch.Tensor] = []
         self._compiled = False
 
     def setup(self, stage: str) -> None:
@@ -122,8 +125,7 @@ class LanguageModelModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        if not torch.isfinite(loss.detach()):
-            self._stop_on_nonfinite(f"{C.TRAIN_LOSS} = {loss.item()}")
+        self._step_losses.append(loss.detach())  # checked before the optimiser step (gradient clipping)
         self.log(C.TRAIN_LOSS, loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
 
@@ -159,8 +161,14 @@ class LanguageModelModule(L.LightningModule):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
-        if not torch.isfinite(norm):
-            self._stop_on_nonfinite(f"{C.TRAIN_GRAD_NORM} = {norm.item()}")
+        losses, self._step_losses = self._step_losses, []
+        finite = torch.isfinite(norm)
+        if losses:
+            finite = finite & torch.isfinite(torch.stack(losses)).all()
+        if not finite:  # the step's one host sync: the weights are still the last good ones here
+            bad = [float(x) for x in losses if not torch.isfinite(x)]
+            what = f"{C.TRAIN_LOSS} = {bad[0]}" if bad else f"{C.TRAIN_GRAD_NORM} = {norm.item()}"
+            self._stop_on_nonfinite(what)
         self.log(C.TRAIN_GRAD_NORM, norm, on_step=True)
 
     def _stop_on_nonfinite(self, what: str) -> None:

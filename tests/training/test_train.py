@@ -223,3 +223,38 @@ def test_sigkill_at_a_random_moment_resumes_from_the_last_complete_checkpoint(st
     assert summary["status"] == "completed" and summary["global_step"] == 40
     assert not [p for p in (run / C.CHECKPOINT_DIR).iterdir() if ".tmp" in p.name]
     assert os.path.getsize(run / C.CHECKPOINT_DIR / C.LAST_CHECKPOINT) > 0
+
+
+def test_throughput_is_measured_on_logging_steps_only(stories_dir, tmp_path, monkeypatch):
+    """PerfMonitor reads the clock (a GPU sync) only when Lightning writes step values."""
+    from mosaics_lab.training import callbacks
+
+    calls = []
+    real = callbacks.Throughput.update
+    monkeypatch.setattr(
+        callbacks.Throughput, "update", lambda self, **kw: calls.append(kw["batches"]) or real(self, **kw)
+    )
+    overrides = tiny_overrides(stories_dir, tmp_path / "run", steps=12) + ["log.every_n_steps=2"]
+    run_dir = train(load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", overrides))
+    assert calls == [0, 2, 4, 6, 8, 10, 12]  # 0: the first micro-batch, before any step (the window's start)
+    rows = read_metrics(run_dir)
+    logged = {r["step"] for r in rows if C.PERF_TOKENS_PER_SEC in r}
+    assert logged and logged <= {r["step"] for r in rows if C.TRAIN_LOSS in r}  # Lightning's logging steps
+
+
+def test_a_nonfinite_loss_on_any_micro_batch_stops_before_the_optimiser_steps(
+    stories_dir, tmp_path, monkeypatch
+):
+    """The losses of a step are checked with its gradient norm (one host sync per step)."""
+    calls = {"n": 0}
+    real = module_mod.lm_loss
+
+    def nan_on_third(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(module_mod, "lm_loss", nan_on_third)
+    overrides = tiny_overrides(stories_dir, tmp_path / "run", steps=4) + ["eval.every_n_steps=100"]
+    with pytest.raises(NonFiniteError, match="train/loss = nan at step 1"):
+        train(load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", overrides))
