@@ -6,11 +6,13 @@ import, module-level and lazy), and keeps one rule.
     cli.py       the `mosaics-lab` command: parses arguments, turns user mistakes into one line and an
                  exit code; imports each subcommand lazily, so `--help` is instant.
     sweeps/      Optuna studies, the trial launcher and reports: a trial is a training subprocess,
-                 never an import of the trainer's state.
+                 never an import of the trainer's state. Reproductions of the papers' claims
+                 (`reproduce`) are sweep files of sweeps/reproduce/ run by the same launcher.
     bench/       benchmarks and `gpu-check`: measure only what the layers below already do, as
                  training does it.
-    analysis/    read runs (metrics.jsonl, TensorBoard events, checkpoints) into tables, plots and
-                 inspections; writes nothing into a run but its own outputs.
+    analysis/    read runs (metrics.jsonl, TensorBoard events, checkpoints) into tables, plots,
+                 inspections and study reports (`study`: mean +- std over seeds, the learned-at-1x
+                 gate); writes nothing into a run but its own outputs.
     evaluation/  eval tasks and metrics on trained checkpoints; loads them through training's
                  checkpoint reader.
     training/    the LightningModule (the system: loss, optimiser, schedule), callbacks, strategies,
