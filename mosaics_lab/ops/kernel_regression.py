@@ -145,7 +145,12 @@ def _banded_attention(
         visible = (visible & (d_q.unsqueeze(-1) == d_k.unsqueeze(-2))).unsqueeze(1)  # (B, 1, N, W, S)
         # The diagonal may now belong to another document: a row can see nothing.
         sees_pairs = visible.any(-1, keepdim=True)  # (B, 1, N, W, 1)
-    logits = (q_blocks @ k_spans).masked_fill(~visible, float("-inf"))  # (B, H, N, W, S)
+    # The mask as an additive bias (0 or -inf), added in place: the matmul's output is not needed by
+    # its backward, and the add passes gradients through untouched (softmax already gives exactly 0
+    # at masked logits). masked_fill would copy the (B, H, N, W, S) logits once forward and once
+    # backward; same values either way.
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, float("-inf"))
+    logits = (q_blocks @ k_spans).add_(bias)  # (B, H, N, W, S)
     if sees_pairs is not None:
         # Empty rows get constant logits (no NaN, no gradient into q or k) and are zeroed below.
         logits = logits.masked_fill(~sees_pairs, 0.0)
