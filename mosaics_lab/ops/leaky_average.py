@@ -71,7 +71,10 @@ def _scaled_leaky_sum(
     # seg[t, i] = sum_{i < l <= t} L_l, summed directly (all terms share a sign) rather than as a
     # difference of prefix sums, which loses the small decays next to a large one in float32.
     seg = Lc.unsqueeze(-1).expand(B, H, N, C, C).masked_fill(~strictly_lower, 0.0).cumsum(-2)
-    log_w = (seg + Gc.unsqueeze(-2)).masked_fill(~lower, float("-inf"))  # (B, H, N, C, C) [t, i]
+    # The causal mask as an additive bias added in place (no copy forward or backward: exp gives
+    # exactly 0 gradient at -inf anyway); same values as masked_fill.
+    causal = torch.zeros(C, C, dtype=x.dtype, device=x.device).masked_fill_(~lower, float("-inf"))
+    log_w = (seg + Gc.unsqueeze(-2)).add_(causal)  # (B, H, N, C, C) [t, i]
     # The row max is a scale only (the result does not depend on it), so it needs no gradient.
     m = log_w.detach().amax(-1)  # (B, H, N, C); finite: the diagonal holds G_t
     h = torch.exp(log_w - m.unsqueeze(-1)) @ xc  # (B, H, N, C, D)
