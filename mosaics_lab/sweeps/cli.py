@@ -1,4 +1,5 @@
-"""``mosaics-lab sweep SWEEP.yaml [key=value ...] [--jobs K] [--n-trials N] [--storage URL] [--status]``."""
+"""``mosaics-lab sweep SWEEP.yaml [key=value ...] [--size NAME] [--jobs K] [--n-trials N] [--storage URL]
+[--status]``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ examples:
   mosaics-lab sweep sweeps/lr_search.yaml --n-trials 20 --storage postgresql://user@127.0.0.1/optuna
   mosaics-lab sweep sweeps/v2_bandwidth.yaml --status         # table of trials
   mosaics-lab sweep sweeps/lr_search.yaml train.max_steps=50  # key=value: applied to every trial
+  mosaics-lab sweep sweeps/v2_bandwidth.yaml --size smoke     # the file's `sizes: {smoke: ...}` overrides
 
 Trials run in <out>/<study>/trial-<n>/ (a normal run dir each); the study lives in
 <out>/<study>/journal.log unless --storage (or storage: in the file) names a database. Ctrl-C stops the
@@ -48,6 +50,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key.path=value recipe overrides for every trial")
     p.add_argument(
         "--jobs", "-j", type=int, default=1, help="trials run at once by this launcher (default 1)"
+    )
+    p.add_argument(
+        "--size",
+        default=None,
+        help="an entry of the sweep file's `sizes:` (overrides for every trial, applied after the file's "
+        "`overrides:` and before key=value ones); a study keeps the size it was created with",
     )
     p.add_argument("--n-trials", type=int, default=None, help="trials in the study (overrides n_trials)")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL or journal file (overrides storage)")
@@ -102,7 +110,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.storage:
         spec.storage = args.storage
     # --status needs only the study's name and storage; the full check of every key is for running.
-    sweep = resolve_sweep(args.sweep, args.overrides, spec=spec, validate=not args.status)
+    sweep = resolve_sweep(args.sweep, args.overrides, spec=spec, validate=not args.status, size=args.size)
     out_dir = sweep.output_dir()
     storage_name = storage_label(out_dir, spec.storage)
     if args.status:

@@ -214,7 +214,7 @@ def open_study(sweep: Sweep, storage: BaseStorage, create: bool = True) -> optun
         else:
             study.set_user_attr(FINGERPRINT_ATTR, sweep.fingerprint())
             for cell in sweep.cells:
-                params = {k: encode_choice(v) for k, v in cell.values.items()}
+                params = {k: encode_choice(v) for k, v in cell.params.items()}
                 study.enqueue_trial(params, user_attrs={CELL_ATTR: cell.index})
             study.set_user_attr(READY_ATTR, len(sweep.cells))
             return study
@@ -253,7 +253,15 @@ def _check_same_sweep(study: optuna.Study, sweep: Sweep) -> None:
         )
     recorded = study.user_attrs.get(FINGERPRINT_ATTR, {})
     current = sweep.fingerprint()
-    differ = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+    # A key the creator did not record (an older mosaics-lab) is not compared.
+    differ = sorted(k for k in recorded if recorded[k] != current.get(k))
+    if "size" in differ:
+        was, now = (json.loads(f.get("size", "null")) for f in (recorded, current))
+        was_text, now_text = (f"--size {x}" if x else "no --size" for x in (was, now))
+        raise SweepError(
+            f"study {sweep.study!r} was created with {was_text}; this launcher has {now_text}. "
+            f"Run it with {was_text}, or pass --study NEW_NAME to start a new study."
+        )
     if differ:
         raise SweepError(
             f"study {sweep.study!r} was created from a different sweep (it differs in: {', '.join(differ)}); "
@@ -641,14 +649,14 @@ class Launcher:
 
     # -- one trial --
 
-    def _command(self, run_dir: Path, values: dict[str, Any]) -> list[str]:
+    def _command(self, recipe: Path, run_dir: Path, values: dict[str, Any]) -> list[str]:
         overrides = self.sweep.trial_overrides(values)
         if not any(o.startswith("log.progress_bar=") for o in overrides):
             overrides.append("log.progress_bar=false")  # its output goes to a file
         if not any(o.startswith("log.compare_keys=") for o in overrides):
             # TensorBoard's HPARAMS tab lists the swept keys first; the run name shows their values
             overrides.append(format_override("log.compare_keys", list(values)))
-        return [*self.train_command, str(self.sweep.base_recipe), *overrides, f"log.run_dir={run_dir}"]
+        return [*self.train_command, str(recipe), *overrides, f"log.run_dir={run_dir}"]
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -672,6 +680,7 @@ class Launcher:
 
     def _run_trial(self, trial: optuna.Trial) -> TrialOutcome:
         values = suggest_values(trial, self.sweep)
+        recipe = self.sweep.recipe_of(trial)
         run_dir = self._inherited_run_dir(trial)
         if run_dir is None:
             run_dir = self.out_dir / f"trial-{trial.number:04d}"
@@ -683,11 +692,11 @@ class Launcher:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
-        shown = " ".join(f"{k}={v}" for k, v in values.items()) or "(base recipe)"
+        shown = " ".join(f"{k}={v}" for k, v in trial.params.items()) or "(base recipe)"
         self.log(f"trial {trial.number}: started {shown} -> {run_dir}")
         with open(run_dir / TRIAL_LOG, "wb") as out:
             proc = subprocess.Popen(
-                self._command(run_dir, values),
+                self._command(recipe, run_dir, values),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self._env(),

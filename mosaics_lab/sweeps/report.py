@@ -242,10 +242,14 @@ def write_plots(study: optuna.Study, plots_dir: Path) -> tuple[list[Path], list[
 def summary_markdown(study: optuna.Study, sweep: Sweep, storage: str) -> tuple[str, list[dict[str, Any]]]:
     rows, params = trial_rows(study)
     obj = sweep.spec.objective
+    recipes = ", ".join(f"`{r}`" for r in sweep.recipes)
     lines = [
         f"# Sweep `{sweep.study}`",
         "",
-        f"- sweep file: `{sweep.path}`; base recipe: `{sweep.base_recipe}`",
+        *([sweep.spec.description.strip(), ""] if sweep.spec.description else []),
+        f"- sweep file: `{sweep.path}`"
+        + (f" (size `{sweep.size}`)" if sweep.size else "")
+        + f"; recipe{'s' if len(sweep.recipes) > 1 else ''}: {recipes}",
         f"- objective: `{obj.metric}` ({obj.direction}, {obj.value} value); "
         f"sampler: {sweep.spec.sampler.type}; pruner: {sweep.spec.pruner.type}",
         f"- storage: `{storage}`",

@@ -22,7 +22,8 @@ import difflib
 import itertools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -39,6 +40,7 @@ DIRECTIONS = ("minimize", "maximize")
 OBJECTIVE_VALUES = ("final", "best")
 SEED_KEY = "seed"  # the recipe's top-level seed, the key `seeds:` sets
 CELL_ATTR = "cell"  # trial user attribute: index of the grid cell the trial runs
+RECIPE_KEY = "recipe"  # a grid cell's own recipe; also the Optuna param recording it
 
 
 class SweepError(ValueError):
@@ -114,7 +116,10 @@ class ParamSpec:
 @dataclass
 class SweepSpec:
     study: Optional[str] = None  # study name; also the output folder <output_root>/<study>/
-    base_recipe: Optional[str] = None  # recipe every trial starts from (relative to the sweep file)
+    description: Optional[str] = None  # free text: what the study tests (shown in summary.md)
+    # The recipe every trial starts from (relative to the sweep file); a grid cell may name its own
+    # `recipe:` instead. Required unless every grid cell names one.
+    base_recipe: Optional[str] = None
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
@@ -122,6 +127,9 @@ class SweepSpec:
     grid: list[dict[str, Any]] = field(default_factory=list)  # override sets (sampler grid)
     seeds: list[int] = field(default_factory=list)  # crossed with the grid cells (sets `seed`)
     overrides: dict[str, Any] = field(default_factory=dict)  # fixed recipe keys for every trial
+    # size name -> overrides for every trial, chosen with `--size NAME` (applied after `overrides`,
+    # before the command line's), e.g. {smoke: {train.max_steps: 20}, gpu: {train.max_steps: 5000}}
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A reproduction study's plan (calibration, axis, evaluations, report): read by sweeps/reproduce.py,
     # ignored by `mosaics-lab sweep`.
     reproduce: dict[str, Any] = field(default_factory=dict)
@@ -162,7 +170,7 @@ def _schema() -> DictConfig:
     schema = OmegaConf.structured(SweepSpec)
     OmegaConf.set_struct(schema, True)
     # Free-form mappings keyed by dotted recipe keys: the recipe schema validates those keys later.
-    for key in ("space", "overrides", "reproduce"):
+    for key in ("space", "overrides", "sizes", "reproduce"):
         OmegaConf.set_struct(schema._get_node(key), False)
     return schema
 
@@ -224,9 +232,13 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
         raise SweepError(f"{path}: {str(cause).splitlines()[0]}") from exc
     assert isinstance(spec, SweepSpec)
-    for name in ("study", "base_recipe"):
-        if not getattr(spec, name):
-            raise SweepError(f"{path}: `{name}:` is required")
+    if not spec.study:
+        raise SweepError(f"{path}: `study:` is required")
+    if not spec.base_recipe and not (spec.grid and all(RECIPE_KEY in g for g in spec.grid)):
+        raise SweepError(
+            f"{path}: `base_recipe:` is required (the recipe every trial starts from), unless every grid "
+            f"cell names its own `{RECIPE_KEY}:`"
+        )
     if "/" in spec.study or spec.study.startswith("."):
         raise SweepError(f"{path}: study {spec.study!r} must be a plain name (it names a folder)")
     return spec
@@ -263,30 +275,40 @@ def encode_choice(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return json.dumps(list(value))
-    raise SweepError(f"unsupported choice {value!r}: use numbers, strings, booleans, null or lists")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell: the fixed recipe values of a trial (grid keys, expanded space params, seed)."""
+    """One grid cell: the recipe a trial trains and its fixed values (grid keys, expanded space
+    params, seed)."""
 
     index: int
-    values: Mapping[str, Any]
+    values: Mapping[str, Any]  # recipe key -> value, passed to `train` as overrides
+    recipe: Path  # its grid entry's `recipe:`, else the sweep's base_recipe
+    recipe_label: Optional[str] = None  # the recipe as the study records it; None: no cell names one
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What the study records for the cell's trial: its recipe (when cells name recipes), its values."""
+        head = {RECIPE_KEY: self.recipe_label} if self.recipe_label is not None else {}
+        return {**head, **self.values}
 
 
 @dataclass
 class Sweep:
-    """A sweep file resolved against its base recipe and validated; what the launcher runs."""
+    """A sweep file resolved against its recipes and validated; what the launcher runs."""
 
     spec: SweepSpec
     path: Path
-    base_recipe: Path
-    overrides: dict[str, Any]  # the file's `overrides` then the command line's, for every trial
-    base_values: dict[str, Any]  # the flattened base recipe with `overrides` applied
+    base_recipe: Optional[Path]  # None when every grid cell names its own recipe
+    overrides: dict[str, Any]  # `overrides`, then the size's, then the command line's, for every trial
+    recipe_values: dict[Path, dict[str, Any]]  # each recipe flattened, with `overrides` applied
     cells: list[Cell]  # grid mode only
-    cell_choices: dict[str, list[Any]]  # grid mode: key -> encoded choices across all cells
-    total_steps: int  # the base recipe's optimiser steps (hyperband's max resource)
+    cell_choices: dict[str, list[Any]]  # grid mode: param -> encoded choices across all cells
+    size: Optional[str] = None  # the `sizes:` entry chosen with --size
     space_lists: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> JSON text -> list choice
+    base_steps: int = 0  # optimiser steps of the first recipe (the base) with `overrides`
+    steps: dict[int, int] = field(default_factory=dict, repr=False)  # cell index -> optimiser steps
 
     @property
     def study(self) -> str:
@@ -295,6 +317,11 @@ class Sweep:
     @property
     def is_grid(self) -> bool:
         return self.spec.sampler.type == "grid"
+
+    @property
+    def recipes(self) -> list[Path]:
+        """Every recipe a trial may train: the base recipe, then the cells' own, first-seen order."""
+        return list(self.recipe_values)
 
     def output_dir(self, root: str | Path | None = None) -> Path:
         return Path(root if root is not None else self.spec.output_root) / self.study
@@ -310,20 +337,52 @@ class Sweep:
             return self.space_lists[key].get(value, value)
         return value
 
-    def lookup(self, key: str, values: Mapping[str, Any]) -> Any:
-        """The value a trial will see for ``key``: its own params, the overrides, then the recipe."""
+    def lookup(self, key: str, values: Mapping[str, Any], recipe: Path | None = None) -> Any:
+        """The value a trial of ``recipe`` (default: the base recipe) will see for ``key``: its own
+        values, the overrides, then the recipe's."""
         if key in values:
             return values[key]
         if key in self.overrides:
             return self.overrides[key]
-        return self.base_values.get(key)
+        return self.recipe_values[recipe or self.base_recipe].get(key)  # type: ignore[index]
 
-    def condition_holds(self, when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    def condition_holds(
+        self, when: Mapping[str, Any], values: Mapping[str, Any], recipe: Path | None = None
+    ) -> bool:
         for key, expected in when.items():
             accepted = expected if isinstance(expected, list) else [expected]
-            if self.lookup(key, values) not in accepted:
+            if self.lookup(key, values, recipe) not in accepted:
                 return False
         return True
+
+    def cell_of(self, trial: Any) -> Cell:
+        """The grid cell an (enqueued) Optuna trial runs, from its user attributes."""
+        index = trial.user_attrs.get(CELL_ATTR)
+        if not isinstance(index, int) or not 0 <= index < len(self.cells):
+            raise SweepError(f"trial {trial.number} has no valid grid cell ({CELL_ATTR}={index!r})")
+        return self.cells[index]
+
+    def recipe_of(self, trial: Any) -> Path:
+        """The recipe ``trial`` trains: its cell's (grid), else the base recipe."""
+        if self.is_grid:
+            return self.cell_of(trial).recipe
+        assert self.base_recipe is not None  # only grid cells may name their recipes
+        return self.base_recipe
+
+    def cell_steps(self, cell: Cell) -> int:
+        """Optimiser steps of ``cell``'s trial (its recipe with the overrides and its values)."""
+        if cell.index not in self.steps:
+            values = {**self.overrides, **cell.values}
+            recipe = _load(cell.recipe, self.path, f"grid cell {cell.index}", values)
+            self.steps[cell.index] = recipe.train.total_steps(recipe.model.block_size)
+        return self.steps[cell.index]
+
+    @property
+    def total_steps(self) -> int:
+        """The longest trial's optimiser steps (hyperband's max resource)."""
+        if self.is_grid and self.cells:
+            return max(self.cell_steps(c) for c in self.cells)
+        return self.base_steps
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between the launchers of one study (recorded in the study)."""
@@ -333,27 +392,27 @@ class Sweep:
             "space": json.dumps(
                 {k: dataclasses.asdict(p) for k, p in self.spec.space.items()}, sort_keys=True
             ),
-            "cells": json.dumps([dict(c.values) for c in self.cells], sort_keys=True, default=str),
+            "cells": json.dumps([c.params for c in self.cells], sort_keys=True, default=str),
             "overrides": json.dumps(self.overrides, sort_keys=True, default=str),
+            "recipe": json.dumps(_label(self.spec.base_recipe) if self.spec.base_recipe else None),
+            "size": json.dumps(self.size),
         }
 
 
 # --- validation against the recipe ----------------------------------------------------------------
 
 
-def _recipe_checker(base: Path, sweep_path: Path) -> Callable[[str, Mapping[str, Any]], None]:
+def _load(recipe: Path, sweep_path: Path, where: str, values: Mapping[str, Any]) -> Any:
+    """``recipe`` with ``values`` applied, validated; a mistake names the sweep file and ``where``."""
     from mosaics_lab.config.loader import RecipeError, load_recipe
 
-    def check(where: str, values: Mapping[str, Any]) -> None:
-        try:
-            load_recipe(base, [format_override(k, v) for k, v in values.items()])
-        except (RecipeError, SweepError) as exc:
-            msg = str(exc)
-            for prefix in ("command line: ", f"{base}: "):
-                msg = msg.removeprefix(prefix)
-            raise SweepError(f"{sweep_path}: {where}: {msg}") from exc
-
-    return check
+    try:
+        return load_recipe(recipe, [format_override(k, v) for k, v in values.items()])
+    except (RecipeError, SweepError) as exc:
+        msg = str(exc)
+        for prefix in ("command line: ", f"{recipe}: "):
+            msg = msg.removeprefix(prefix)
+        raise SweepError(f"{sweep_path}: {where}: {msg}") from exc
 
 
 def _range_values(key: str, p: ParamSpec) -> list[Any]:
@@ -403,31 +462,92 @@ def _expansion(key: str, p: ParamSpec) -> list[Any]:
     )
 
 
-def _build_cells(sweep: Sweep) -> list[Cell]:
+@dataclass
+class _Row:
+    """A cell under construction: its recipe, its recorded label, its values."""
+
+    recipe: Path
+    label: Optional[str]
+    values: dict[str, Any]
+
+
+def _build_cells(sweep: Sweep, entries: list[_Row]) -> list[Cell]:
     spec = sweep.spec
-    rows: list[dict[str, Any]] = [dict(g) for g in spec.grid] or [{}]
+    rows = [_Row(e.recipe, e.label, dict(e.values)) for e in entries] or [
+        _Row(sweep.base_recipe, None, {})  # type: ignore[arg-type]
+    ]
     for key, p in spec.space.items():
-        expanded: list[dict[str, Any]] = []
+        expanded: list[_Row] = []
         for row in rows:
-            if sweep.condition_holds(p.when, row):
-                expanded += [{**row, key: v} for v in _expansion(key, p)]
+            if sweep.condition_holds(p.when, row.values, row.recipe):
+                expanded += [_Row(row.recipe, row.label, {**row.values, key: v}) for v in _expansion(key, p)]
             else:
                 expanded.append(row)
         rows = expanded
     if spec.seeds:
-        rows = [{**row, SEED_KEY: s} for row, s in itertools.product(rows, spec.seeds)]
-    # Every cell names every grid key (the recipe's value where a cell leaves it out), so the study's
+        crossed = itertools.product(rows, spec.seeds)
+        rows = [_Row(r.recipe, r.label, {**r.values, SEED_KEY: s}) for r, s in crossed]
+    # Every cell names every grid key (its recipe's value where a cell leaves it out), so the study's
     # trials share one parameter set and Optuna's tables and plots compare like with like. Keys the
-    # base recipe does not have (another architecture's) and space params whose condition does not
+    # cell's recipe does not have (another architecture's) and space params whose condition does not
     # hold stay absent: they do not exist for that trial.
-    grid_keys = list(dict.fromkeys(k for g in spec.grid for k in g))
-    known = sweep.overrides.keys() | sweep.base_values.keys()
+    grid_keys = list(dict.fromkeys(k for e in entries for k in e.values))
     cells = []
     for i, row in enumerate(rows):
-        full = {k: row[k] if k in row else sweep.lookup(k, row) for k in grid_keys if k in row or k in known}
-        full.update({k: v for k, v in row.items() if k not in full})
-        cells.append(Cell(i, full))
+        known = sweep.overrides.keys() | sweep.recipe_values[row.recipe].keys()
+        full = {
+            k: row.values[k] if k in row.values else sweep.lookup(k, row.values, row.recipe)
+            for k in grid_keys
+            if k in row.values or k in known
+        }
+        full.update({k: v for k, v in row.values.items() if k not in full})
+        cells.append(Cell(i, full, row.recipe, row.label))
     return cells
+
+
+def _label(written: str) -> str:
+    """A recipe as the study records it: its path as the sweep file writes it, normalised."""
+    return os.path.normpath(written)
+
+
+def _recipe_path(sweep_path: Path, written: Any, where: str) -> Path:
+    if not isinstance(written, str) or not written:
+        raise SweepError(f"{sweep_path}: {where}: give the path of a recipe file, got {written!r}")
+    recipe = Path(written)
+    if not recipe.is_absolute():
+        recipe = Path(_relpath(sweep_path.parent / recipe))
+    if not recipe.is_file():
+        raise SweepError(f"{sweep_path}: {where} {written!r} not found (looked for {recipe})")
+    return recipe
+
+
+def _grid_entries(sweep_path: Path, spec: SweepSpec, base: Path | None) -> list[_Row]:
+    """The grid's entries: each one's recipe (its own `recipe:` or the base) and its values."""
+    named = any(RECIPE_KEY in g for g in spec.grid)
+    entries = []
+    for i, g in enumerate(spec.grid):
+        values = {k: v for k, v in g.items() if k != RECIPE_KEY}
+        if RECIPE_KEY in g:
+            written = g[RECIPE_KEY]
+            recipe = _recipe_path(sweep_path, written, f"grid[{i}].{RECIPE_KEY}")
+        else:
+            written, recipe = spec.base_recipe, base
+        entries.append(_Row(recipe, _label(written) if named else None, values))  # type: ignore[arg-type]
+    return entries
+
+
+def _size_overrides(path: Path, spec: SweepSpec, size: str | None) -> dict[str, Any]:
+    if size is None:
+        return {}
+    if not spec.sizes:
+        raise SweepError(f"{path}: --size {size!r}: this sweep file defines no `sizes:`")
+    if size not in spec.sizes:
+        close = difflib.get_close_matches(size, list(spec.sizes), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SweepError(
+            f"{path}: unknown size {size!r}{hint} (this sweep file's sizes: {', '.join(spec.sizes)})"
+        )
+    return dict(spec.sizes[size])
 
 
 def resolve_sweep(
@@ -435,43 +555,44 @@ def resolve_sweep(
     extra_overrides: Sequence[str] = (),
     spec: SweepSpec | None = None,
     validate: bool = True,
+    size: str | None = None,
 ) -> Sweep:
-    """Load ``path`` and check every key and value it varies against the base recipe's schema."""
-    from mosaics_lab.config.loader import RecipeError, flatten, load_recipe, parse_overrides, recipe_to_dict
+    """Load ``path`` and check every key and value it varies against its recipes' schemas.
+
+    ``size`` picks an entry of ``sizes:``; its overrides come after the file's ``overrides:`` and
+    before ``extra_overrides`` (the command line's)."""
+    from mosaics_lab.config.loader import RecipeError, flatten, parse_overrides, recipe_to_dict
 
     path = Path(path)
     spec = spec or load_sweep_spec(path)
-    base = Path(spec.base_recipe)  # type: ignore[arg-type]
-    if not base.is_absolute():
-        base = Path(_relpath(path.parent / base))
-    if not base.is_file():
-        raise SweepError(f"{path}: base_recipe {spec.base_recipe!r} not found (looked for {base})")
+    base = _recipe_path(path, spec.base_recipe, "base_recipe") if spec.base_recipe else None
     try:
         cli = OmegaConf.to_container(parse_overrides(list(extra_overrides)))
     except RecipeError as exc:
         raise SweepError(str(exc)) from exc
-    overrides = {**dict(spec.overrides), **flatten(cli)}  # type: ignore[arg-type]
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            raise SweepError(
-                f"{path}: overrides.{key}: give dotted keys (e.g. {key}.name: value), not a mapping"
-            )
-    check = _recipe_checker(base, path)
-    check("overrides", overrides)
-    try:
-        base_recipe = load_recipe(base, [format_override(k, v) for k, v in overrides.items()])
-    except RecipeError as exc:
-        raise SweepError(f"{path}: {exc}") from exc
-    base_values = flatten(recipe_to_dict(base_recipe))
+    overrides = {**dict(spec.overrides), **_size_overrides(path, spec, size), **flatten(cli)}  # type: ignore[arg-type]
+    fixed = {"overrides": spec.overrides, **{f"sizes.{n}": v for n, v in spec.sizes.items()}}
+    for where, mapping in fixed.items():
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                raise SweepError(
+                    f"{path}: {where}.{key}: give dotted keys (e.g. {key}.name: value), not a mapping"
+                )
+    entries = _grid_entries(path, spec, base)
+    recipes = list(dict.fromkeys([*([base] if base else []), *(e.recipe for e in entries)]))
+    loaded = {}
+    for r in recipes:  # every trial gets `overrides`, whichever recipe it trains
+        loaded[r] = _load(r, path, "overrides" if len(recipes) == 1 else f"overrides (recipe {r})", overrides)
     sweep = Sweep(
         spec=spec,
         path=path,
         base_recipe=base,
         overrides=overrides,
-        base_values=base_values,
+        recipe_values={r: flatten(recipe_to_dict(rec)) for r, rec in loaded.items()},
         cells=[],
         cell_choices={},
-        total_steps=base_recipe.train.total_steps(base_recipe.model.block_size),
+        size=size,
+        base_steps=loaded[recipes[0]].train.total_steps(loaded[recipes[0]].model.block_size),
     )
     _check_modes(sweep)
     if spec.seeds and not sweep.is_grid:
@@ -480,36 +601,57 @@ def resolve_sweep(
         lists = {encode_choice(c): c for c in p.choices or [] if isinstance(c, (list, tuple))}
         if lists:
             sweep.space_lists[key] = lists
-    if spec.objective.metric.startswith("val/") and base_recipe.eval.batches == 0:
-        raise SweepError(
-            f"{path}: objective.metric {spec.objective.metric!r} needs validation, but the base recipe "
-            "has eval.batches: 0; set eval.batches in `overrides:` or optimise train/loss"
-        )
-    if validate:
-        for key, p in spec.space.items():
-            cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in p.when.items()}
-            for value in _range_values(key, p):
-                check(f"space.{key}", {**overrides, **cond, key: value})
-            for k in p.when:
-                if k == key:
-                    raise SweepError(f"{path}: space.{key}.when: a param cannot be conditioned on itself")
-        for i, g in enumerate(spec.grid):
-            check(f"grid[{i}]", {**overrides, **g})
-        if spec.seeds:
-            check("seeds", {**overrides, SEED_KEY: spec.seeds[0]})
+    for r, rec in loaded.items():
+        if spec.objective.metric.startswith("val/") and rec.eval.batches == 0:
+            raise SweepError(
+                f"{path}: objective.metric {spec.objective.metric!r} needs validation, but recipe {r} "
+                "has eval.batches: 0; set eval.batches in `overrides:` or optimise train/loss"
+            )
+    entry_steps = _validate(sweep, entries, recipes) if validate else []
     if sweep.is_grid:
-        sweep.cells = _build_cells(sweep)
+        sweep.cells = _build_cells(sweep, entries)
         choices: dict[str, list[Any]] = {}
         for cell in sweep.cells:
-            for k, v in cell.values.items():
+            for k, v in cell.params.items():
                 enc = encode_choice(v)
                 if enc not in choices.setdefault(k, []):
                     choices[k].append(enc)
         sweep.cell_choices = choices
-        if validate and (spec.space or spec.seeds):  # grid entries alone were checked above
+        if validate and (spec.space or spec.seeds):  # grid entries alone were checked in _validate
             for cell in sweep.cells:
-                check(f"grid cell {cell.index} {dict(cell.values)}", {**overrides, **cell.values})
+                where = f"grid cell {cell.index} {cell.params}"
+                recipe = _load(cell.recipe, path, where, {**sweep.overrides, **cell.values})
+                sweep.steps[cell.index] = recipe.train.total_steps(recipe.model.block_size)
+        elif validate:  # then cell i is grid entry i
+            sweep.steps.update(enumerate(entry_steps))
     return sweep
+
+
+def _validate(sweep: Sweep, entries: list[_Row], recipes: list[Path]) -> list[int]:
+    """Check every value the sweep varies, in the recipe(s) it applies to, before any trial starts;
+    returns the optimiser steps of each grid entry's trial."""
+    spec, path, overrides = sweep.spec, sweep.path, sweep.overrides
+    for name, values in spec.sizes.items():
+        for r in recipes:
+            _load(r, path, f"sizes.{name}", {**spec.overrides, **values})
+    for key, p in spec.space.items():
+        if key == RECIPE_KEY:
+            raise SweepError(f"{path}: space.{key}: a trial's recipe is set by a grid cell's `{RECIPE_KEY}:`")
+        cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in p.when.items()}
+        for k in p.when:
+            if k == key:
+                raise SweepError(f"{path}: space.{key}.when: a param cannot be conditioned on itself")
+        for value in _range_values(key, p):
+            for r in recipes:
+                _load(r, path, f"space.{key}", {**overrides, **cond, key: value})
+    entry_steps = []
+    for i, e in enumerate(entries):
+        recipe = _load(e.recipe, path, f"grid[{i}]", {**overrides, **e.values})
+        entry_steps.append(recipe.train.total_steps(recipe.model.block_size))
+    if spec.seeds:
+        for r in recipes:
+            _load(r, path, "seeds", {**overrides, SEED_KEY: spec.seeds[0]})
+    return entry_steps
 
 
 def _check_modes(sweep: Sweep) -> None:
@@ -544,8 +686,6 @@ def _check_modes(sweep: Sweep) -> None:
 
 
 def _relpath(p: Path) -> str:
-    import os
-
     try:
         return os.path.relpath(p)
     except ValueError:  # another drive (Windows)
@@ -553,22 +693,25 @@ def _relpath(p: Path) -> str:
 
 
 def suggest_values(trial: Any, sweep: Sweep) -> dict[str, Any]:
-    """Ask ``trial`` (an ``optuna.Trial``) for its recipe values.
+    """Ask ``trial`` (an ``optuna.Trial``) for its recipe values (``sweep.recipe_of(trial)``: its recipe).
 
     Grid: the trial was enqueued with its cell index in the user attributes (a retried trial inherits
-    them); each cell value is also suggested so Optuna records it as a parameter, and the enqueued
-    (fixed) value comes back. Otherwise ``space`` is sampled; ``when`` conditions are checked against
-    the values chosen so far, then the overrides, then the base recipe.
+    them); each cell param (its recipe, when cells name recipes, and its values) is also suggested so
+    Optuna records it, and the enqueued (fixed) value comes back. Otherwise ``space`` is sampled;
+    ``when`` conditions are checked against the values chosen so far, then the overrides, then the
+    base recipe.
     """
-    values: dict[str, Any] = {}
     if sweep.is_grid:
-        index = trial.user_attrs.get(CELL_ATTR)
-        if not isinstance(index, int) or not 0 <= index < len(sweep.cells):
-            raise SweepError(f"trial {trial.number} has no valid grid cell ({CELL_ATTR}={index!r})")
-        for key, value in sweep.cells[index].values.items():
-            trial.suggest_categorical(key, sweep.cell_choices[key])
-            values[key] = value
-        return values
+        cell = sweep.cell_of(trial)
+        for key, value in cell.params.items():
+            recorded = trial.suggest_categorical(key, sweep.cell_choices[key])
+            if recorded != encode_choice(value):  # a trial enqueued without its cell's values
+                raise SweepError(
+                    f"trial {trial.number}: the study has {key}={recorded!r}, its grid cell {cell.index} "
+                    f"{value!r}; the study was not enqueued by this sweep (pass --study NEW_NAME)"
+                )
+        return dict(cell.values)
+    values: dict[str, Any] = {}
     for key, p in sweep.spec.space.items():
         if not sweep.condition_holds(p.when, values):
             continue

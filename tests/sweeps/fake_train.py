@@ -8,7 +8,7 @@ Behaviour from real recipe keys (so the sweep validates against the real recipe)
 - train.max_steps steps (default 6), a value every eval.every_n_steps (default 2);
 - train.warmup_steps == 13: crashes with a traceback (a deliberately failing trial);
 - FAKE_STEP_S (env): seconds per step; FAKE_LEDGER (env): a file that gets one JSON line per start
-  and per end of every execution, to count how often each trial ran.
+  (with the recipe it was given) and per end of every execution, to count how often each trial ran.
 - resumes like a real run: ``fake.ckpt`` in the run dir holds the last step; a restart continues
   after it and drops the metrics lines logged past it (the ledger's start says ``resumed_from``).
 - FAKE_SIGKILL_AT (env): the first execution in a run dir SIGKILLs itself after that step (as the
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     if metrics.exists():
         kept = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= resumed]
         metrics.write_text("".join(ln + "\n" for ln in kept))
-    ledger("start", run_dir=str(run_dir), params=params, resumed_from=resumed)
+    ledger("start", run_dir=str(run_dir), recipe=argv[1], params=params, resumed_from=resumed)
     kill_at = int(os.environ.get("FAKE_SIGKILL_AT", "0"))
     killed_once = run_dir / "fake.killed"
     lr = float(train.get("lr", 1e-3))
