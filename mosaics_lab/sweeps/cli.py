@@ -84,16 +84,11 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace) -> int:
     import optuna
 
-    from mosaics_lab.sweeps.launcher import (
-        JOURNAL_FILE,
-        Launcher,
-        default_train_command,
-        make_storage,
-        open_study,
-        storage_label,
-    )
+    from mosaics_lab.sweeps.launcher import Launcher, default_train_command
     from mosaics_lab.sweeps.report import status_text, write_report
     from mosaics_lab.sweeps.spec import SweepError, load_sweep_spec, resolve_sweep
+    from mosaics_lab.sweeps.storage import JOURNAL_FILE, make_storage, storage_label
+    from mosaics_lab.sweeps.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the launcher prints its own trial lines
     # Heartbeats and the retry callback are "experimental" in Optuna; they are the documented way.

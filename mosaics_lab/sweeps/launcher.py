@@ -25,28 +25,18 @@ itself (the same storage calls as Optuna's private ``Study._pop_waiting_trial_id
 WAITING -> RUNNING transition, so each cell runs once whatever the number of workers) and records the
 RDB heartbeat itself, as ``optimize`` would.
 
-Storages and dead workers:
-- journal file (default, ``<out>/<study>/journal.log``): no heartbeats; a trial left RUNNING by a
-  launcher process that died on this host is found at the next start (the trial records its worker as
-  ``host:pid:start-time``): if its run had completed, its value is read from the run's files and
-  recorded (never run again); otherwise it is marked FAILED and re-enqueued (not counted against
-  ``max_retry``), and the retry resumes from its checkpoint. Trials of workers on other hosts are only
-  reported by ``--status``.
-- a SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``): heartbeats every
-  ``heartbeat_interval`` s; any live worker fails a trial whose worker has been silent for
-  ``grace_period`` s and ``RetryHeartbeatStaleTrialCallback`` re-enqueues it (up to ``max_retry``).
-  A launcher with nothing left to start waits while other workers' trials run, so it can take over a
-  trial whose worker dies.
+The rooms around it: ``storage`` (where the study lives), ``study`` (creating or joining it, the
+fingerprint check, the sampler and pruner), ``workers`` (which launcher runs a trial, dead workers),
+``runfiles`` (what a run leaves on disk: metrics, summary, log). A launcher with nothing left to start
+on a storage with heartbeats waits while other workers' trials run, so it can take over a trial whose
+worker dies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,413 +48,42 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from mosaics_lab import constants as C
-from mosaics_lab.sweeps.spec import (
-    CELL_ATTR,
-    Sweep,
-    SweepError,
-    encode_choice,
-    format_override,
-    is_finite,
-    suggest_values,
+from mosaics_lab.sweeps.runfiles import (
+    TRIAL_LOG,
+    MetricsTail,
+    died_of_a_signal,
+    error_from_log,
+    objective_value,
+    read_summary,
 )
-from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id, pid_alive
+from mosaics_lab.sweeps.spec import Sweep, format_override, is_finite, suggest_values
+from mosaics_lab.sweeps.storage import heartbeat_enabled
+from mosaics_lab.sweeps.study import (
+    ERROR_ATTR,
+    EXIT_ATTR,
+    LOG_TAIL_ATTR,
+    RUN_DIR_ATTR,
+    STATUS_ATTR,
+    WORKER_ATTR,
+    retry,
+    superseded_numbers,
+)
+from mosaics_lab.sweeps.workers import reap_dead_trials, trial_id, worker_id
+from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id
 
-JOURNAL_FILE = "journal.log"
-TRIAL_LOG = C.TRIAL_LOG  # the trial's stdout + stderr, in its run dir
-READY_ATTR = "mosaics_lab:cells_enqueued"  # study user attr: set once the creator enqueued every cell
-FINGERPRINT_ATTR = "mosaics_lab:sweep"  # study user attr: what the sweep varies (see Sweep.fingerprint)
-WORKER_ATTR = "worker"
-RUN_DIR_ATTR = "run_dir"
-ERROR_ATTR = "error"
-LOG_TAIL_ATTR = "log_tail"
-EXIT_ATTR = "exit_code"
-STATUS_ATTR = "status"
 POLL_S = 0.25
 STOP_GRACE_S = 120.0  # a trial asked to stop is terminated if still running after this
 TERM_GRACE_S = 15.0  # ... and killed this long after SIGTERM
-READY_WAIT_S = 120.0  # how long a joining launcher waits for the creator to enqueue the grid
 MAX_LAUNCHER_ERRORS = 3  # consecutive launcher-side errors after which a worker thread gives up
 EXIT_INTERRUPTED = 130
-STORAGE_ATTEMPTS = 4
-
-EXIT_MEANING = {
-    2: "user error (exit 2)",
-    3: "stopped on a non-finite loss (exit 3)",
-    4: "disk or permission error (exit 4)",
-}
 
 
 def default_train_command() -> list[str]:
     return [sys.executable, "-m", "mosaics_lab.cli", "train"]
-
-
-# --- storage and study ----------------------------------------------------------------------------
-
-
-def make_storage(sweep: Sweep, out_dir: Path, url: str | None = None) -> BaseStorage:
-    """The study's storage: a journal file by default, or any SQLAlchemy URL (with heartbeats)."""
-    url = url or sweep.spec.storage
-    spec = sweep.spec
-    if not url or "://" not in url:
-        path = Path(url) if url else out_dir / JOURNAL_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    url = with_installed_driver(url)
-    engine_kwargs: dict[str, Any] = (
-        {"connect_args": {"timeout": 60}}  # SQLite: wait for the write lock instead of failing
-        if url.startswith("sqlite")
-        else {"pool_pre_ping": True}  # survive a database restart between trials
-    )
-    # Launchers started together on a fresh database race to create Optuna's tables; the loser sees
-    # a unique-constraint error. The tables exist by then, so trying again succeeds.
-    for attempt in range(STORAGE_ATTEMPTS):
-        try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=spec.heartbeat_interval,
-                grace_period=spec.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry),
-            )
-        except Exception as exc:  # sqlalchemy/driver errors come in many types
-            if attempt == STORAGE_ATTEMPTS - 1 or isinstance(exc, (ImportError, ValueError)):
-                raise SweepError(
-                    f"cannot open storage {storage_label(out_dir, url)}: {str(exc).splitlines()[0]}"
-                ) from exc
-            time.sleep(1.0 + attempt)
-    raise AssertionError("unreachable")
-
-
-def with_installed_driver(url: str) -> str:
-    """``postgresql://`` means psycopg (3) to SQLAlchemy >= 2.1, but the project's extra installs
-    psycopg2: name the driver that is installed when the URL names none."""
-    import importlib.util
-
-    scheme, sep, rest = url.partition("://")
-    if (
-        scheme == "postgresql"
-        and importlib.util.find_spec("psycopg") is None
-        and importlib.util.find_spec("psycopg2") is not None
-    ):
-        return f"postgresql+psycopg2{sep}{rest}"
-    return url
-
-
-def storage_label(out_dir: Path, url: str | None) -> str:
-    """How tables and logs name the storage (a database URL without its password)."""
-    if not url:
-        return str(out_dir / JOURNAL_FILE)
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: RDBStorage will say so
-        return url
-
-
-def build_sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
-    s = sweep.spec.sampler
-    if s.type == "tpe":
-        # constant_liar: parallel workers see running trials as bad, so they do not all sample one spot
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, constant_liar=True)
-    # random, and grid (whose trials are all enqueued with fixed values: the sampler is never asked)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def build_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
-    p = sweep.spec.pruner
-    if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps)
-    if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, p.warmup_steps),
-            max_resource=max(sweep.total_steps, max(1, p.warmup_steps) + 1),
-            reduction_factor=p.reduction_factor,
-        )
-    return optuna.pruners.NopPruner()
-
-
-def open_study(sweep: Sweep, storage: BaseStorage, create: bool = True) -> optuna.Study:
-    """Create the study (and enqueue the grid, exactly once) or join it, checking it is the same sweep.
-
-    Creating a study is atomic in every storage, so exactly one launcher creates it and that one
-    enqueues the grid cells, then marks the study ready; the others wait for the mark.
-    """
-    name, direction = sweep.study, sweep.spec.objective.direction
-    pruner = build_pruner(sweep)
-    if create:
-        try:
-            study = optuna.create_study(
-                study_name=name,
-                storage=storage,
-                sampler=build_sampler(sweep, sweep.spec.sampler.seed),
-                pruner=pruner,
-                direction=direction,
-            )
-        except DuplicatedStudyError:
-            pass
-        else:
-            study.set_user_attr(FINGERPRINT_ATTR, sweep.fingerprint())
-            for cell in sweep.cells:
-                params = {k: encode_choice(v) for k, v in cell.params.items()}
-                study.enqueue_trial(params, user_attrs={CELL_ATTR: cell.index})
-            study.set_user_attr(READY_ATTR, len(sweep.cells))
-            return study
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage)
-    except KeyError as exc:
-        raise SweepError(
-            f"no study named {name!r} in this storage yet; run `mosaics-lab sweep` first"
-        ) from exc
-    # A joining (or resuming) launcher must not replay the creator's random draws: derive its seed
-    # from the study's progress and this process.
-    n_existing = len(existing.get_trials(deepcopy=False))
-    digest = hashlib.sha256(f"{sweep.spec.sampler.seed}:{n_existing}:{os.getpid()}".encode()).hexdigest()
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=build_sampler(sweep, int(digest[:8], 16)), pruner=pruner
-    )
-    if create:  # a launcher about to run trials; --status shows whatever is there
-        _check_same_sweep(study, sweep)
-    return study
-
-
-def _check_same_sweep(study: optuna.Study, sweep: Sweep) -> None:
-    deadline = time.monotonic() + READY_WAIT_S
-    while READY_ATTR not in study.user_attrs:
-        if time.monotonic() >= deadline:
-            raise SweepError(
-                f"study {sweep.study!r} exists but its grid was never fully enqueued (did its first launcher "
-                "die while creating it?); delete it (optuna delete-study --study-name NAME --storage URL, or "
-                "remove the journal file) or pass --study NEW_NAME"
-            )
-        time.sleep(0.5)
-    if study.direction.name.lower() != sweep.spec.objective.direction:
-        raise SweepError(
-            f"study {sweep.study!r} was created to {study.direction.name.lower()} its objective; the sweep "
-            f"file says {sweep.spec.objective.direction}. Use --study NEW_NAME for a new study."
-        )
-    recorded = study.user_attrs.get(FINGERPRINT_ATTR, {})
-    current = sweep.fingerprint()
-    # A key the creator did not record (an older mosaics-lab) is not compared.
-    differ = sorted(k for k in recorded if recorded[k] != current.get(k))
-    if "size" in differ:
-        was, now = (json.loads(f.get("size", "null")) for f in (recorded, current))
-        was_text, now_text = (f"--size {x}" if x else "no --size" for x in (was, now))
-        raise SweepError(
-            f"study {sweep.study!r} was created with {was_text}; this launcher has {now_text}. "
-            f"Run it with {was_text}, or pass --study NEW_NAME to start a new study."
-        )
-    if differ:
-        raise SweepError(
-            f"study {sweep.study!r} was created from a different sweep (it differs in: {', '.join(differ)}); "
-            "its finished trials would not be comparable. Restore the sweep file and overrides, or pass "
-            "--study NEW_NAME to start a new study."
-        )
-
-
-# --- workers and liveness -------------------------------------------------------------------------
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks (Linux), so a reused pid is not taken for the worker."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "0"
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def worker_id() -> str:
-    return f"{launcher_id()}:{_process_start(os.getpid())}"
-
-
-def worker_is_dead(worker: str) -> bool | None:
-    """True/False for a worker on this host; None when it ran elsewhere (cannot tell)."""
-    host, _, rest = worker.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    if not pid_alive(int(pid)):
-        return True
-    return bool(start) and start != "0" and _process_start(int(pid)) not in (start, "0")
-
-
-def superseded_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Failed trials that were re-enqueued (their retry stands in for them)."""
-    out: set[int] = set()
-    for t in trials:
-        out.update(t.system_attrs.get("retry_history", []))  # set by RetryHeartbeatStaleTrialCallback
-    return out
-
-
-def heartbeat_enabled(storage: BaseStorage) -> bool:
-    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
-
-
-def _trial_id(trial: optuna.Trial | FrozenTrial) -> int:
-    # Optuna's storages address trials by id; neither Trial nor FrozenTrial exposes it publicly.
-    return trial._trial_id
-
-
-def _retry(study: optuna.Study, frozen: FrozenTrial, max_retry: int | None) -> bool:
-    """Re-enqueue ``frozen`` with its parameters (Optuna's own retry callback); False if out of retries."""
-    before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
-    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before
-
-
-def reap_dead_trials(
-    study: optuna.Study, max_retry: int | None, log: Any = print, objective: Any = None
-) -> list[int]:
-    """Fail (and re-enqueue) trials whose worker is dead. RDB: Optuna's heartbeat check. Journal: the
-    trial's worker process on this host is gone; if its run had completed, its value is recorded from
-    the run's files (``objective``: the sweep's ObjectiveSpec) instead. Returns the numbers of the
-    trials failed here."""
-    storage = study._storage  # noqa: SLF001 - the storage holds the heartbeat machinery
-    if heartbeat_enabled(storage):
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        gone = sorted(before - after)  # stale, or simply finished meanwhile: tell them apart
-        stale = [
-            t.number
-            for t in study.get_trials(deepcopy=False)
-            if t.number in gone and t.state == TrialState.FAIL
-        ]
-        for n in stale:
-            log(
-                f"trial {n}: its worker stopped sending heartbeats; marked FAILED and re-enqueued (max_retry)"
-            )
-        return stale
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get(WORKER_ATTR)
-        if not worker or not worker_is_dead(worker):
-            continue
-        if _record_finished_run(study, t, objective, log):
-            continue  # its run had completed: recorded, never run again
-        try:
-            storage.set_trial_user_attr(
-                _trial_id(t),
-                ERROR_ATTR,
-                f"its worker {worker} died while running it (found at launcher start)",
-            )
-            if not storage.set_trial_state_values(_trial_id(t), TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
-            continue  # another launcher got there first
-        # The trial did not fail, its launcher died: the retry (which resumes from the trial's own
-        # checkpoint in its own run dir) does not count against max_retry.
-        retried = _retry(study, storage.get_trial(_trial_id(t)), None)
-        then = " and re-enqueued (it resumes from its checkpoint)" if retried else ""
-        log(f"trial {t.number}: its worker {worker} died; marked FAILED{then}")
-        failed.append(t.number)
-    return failed
-
-
-def _record_finished_run(study: optuna.Study, trial: FrozenTrial, objective: Any, log: Any) -> bool:
-    """A RUNNING trial whose run completed (its launcher died before recording it): tell its value
-    from the run's own files. False when the run did not complete or its objective is missing."""
-    run_dir = trial.user_attrs.get(RUN_DIR_ATTR)
-    if objective is None or not run_dir or _read_summary(Path(run_dir)).get("status") != "completed":
-        return False
-    series = [
-        (int(row["step"]), float(row[objective.metric]))
-        for row in MetricsTail(Path(run_dir) / C.METRICS_FILE).read()
-        if objective.metric in row and row.get("step") is not None
-    ]
-    value = objective_value(series, objective.value, objective.direction)
-    if value is None:
-        return False
-    try:
-        study.tell(trial.number, value, skip_if_finished=True)
-    except UpdateFinishedTrialError:
-        return True
-    log(f"trial {trial.number}: its worker died after its run completed; recorded COMPLETE {value:.6g}")
-    return True
-
-
-# --- one trial ------------------------------------------------------------------------------------
-
-
-class MetricsTail:
-    """Reads the complete lines appended to a run's metrics.jsonl since the last call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < self.offset:  # rewritten (a resumed run truncates it): read it again
-                    self.offset, self.partial = 0, b""
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()  # an incomplete last line waits for the next call
-        rows = []
-        for line in lines:
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return rows
-
-
-def objective_value(series: Sequence[tuple[int, float]], which: str, direction: str) -> float | None:
-    finite = [v for _, v in series if is_finite(v)]
-    if not finite:
-        return None
-    if which == "final":
-        return finite[-1]
-    return min(finite) if direction == "minimize" else max(finite)
-
-
-def error_from_log(path: Path, exit_code: int, max_lines: int = 20) -> tuple[str, str]:
-    """(one-line error, last lines of output) of a failed trial."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        text = ""
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
-    tail = "\n".join(lines[-max_lines:])
-    ours = [ln for ln in lines if ln.startswith("mosaics-lab: ")]
-    message = ours[-1] if ours else (lines[-1] if lines else "no output")
-    if exit_code < 0:
-        sig = (
-            signal.Signals(-exit_code).name if -exit_code in signal.Signals._value2member_map_ else -exit_code
-        )
-        hint = " (out of memory?)" if exit_code == -signal.SIGKILL else ""
-        message = f"killed by {sig}{hint}; last output: {message}"
-    elif exit_code in EXIT_MEANING:
-        message = f"{EXIT_MEANING[exit_code]}: {message}"
-    else:
-        message = f"exit {exit_code}: {message}"
-    return message[:2000], tail[-4000:]
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / C.SUMMARY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _set_aside(run_dir: Path) -> Path | None:
@@ -633,15 +252,15 @@ class Launcher:
         waiting.sort(key=lambda t: ("failed_trial" not in t.system_attrs, t.number))
         for t in waiting:
             try:
-                if self._storage.set_trial_state_values(_trial_id(t), state=TrialState.RUNNING):
-                    return optuna.Trial(self.study, _trial_id(t))
+                if self._storage.set_trial_state_values(trial_id(t), state=TrialState.RUNNING):
+                    return optuna.Trial(self.study, trial_id(t))
             except UpdateFinishedTrialError:
                 continue
         return None
 
     def _claim(self, trial: optuna.Trial) -> None:
         if self._heartbeat:
-            self._storage.record_heartbeat(_trial_id(trial))
+            self._storage.record_heartbeat(trial_id(trial))
         trial.set_user_attr(WORKER_ATTR, self.worker)
         for key in (ERROR_ATTR, LOG_TAIL_ATTR, EXIT_ATTR, STATUS_ATTR):  # a retry inherits these
             if key in trial.user_attrs:
@@ -670,7 +289,7 @@ class Launcher:
     def _inherited_run_dir(self, trial: optuna.Trial) -> Path | None:
         """A retry (Optuna's ``failed_trial`` attr) runs in the run dir of the trial it retries, so the
         run resumes from that trial's last checkpoint instead of step 0."""
-        failed = self._storage.get_trial_system_attrs(_trial_id(trial)).get("failed_trial")
+        failed = self._storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
         if failed is None:
             return None
         for t in self.study.get_trials(deepcopy=False):
@@ -754,7 +373,7 @@ class Launcher:
             if term_at and now - term_at > TERM_GRACE_S:
                 _signal_group(proc, signal.SIGKILL)
             if self._heartbeat and now >= next_beat:
-                self._storage.record_heartbeat(_trial_id(trial))
+                self._storage.record_heartbeat(trial_id(trial))
                 next_beat = now + self.sweep.spec.heartbeat_interval
             time.sleep(POLL_S)
 
@@ -772,7 +391,7 @@ class Launcher:
         series: list[tuple[int, float]],
         stop_reason: str | None,
     ) -> TrialOutcome:
-        summary = _read_summary(run_dir)
+        summary = read_summary(run_dir)
         status = summary.get("status")
         trial.set_user_attr(EXIT_ATTR, code)
         trial.set_user_attr(STATUS_ATTR, status)
@@ -804,14 +423,14 @@ class Launcher:
             msg = "interrupted by the user (Ctrl-C); re-enqueued"
             frozen = self._finish_failed(trial, msg, tail="")
             if frozen is not None:
-                _retry(self.study, frozen, max_retry=None)
+                retry(self.study, frozen, max_retry=None)
             self.log(f"trial {n}: interrupted; marked FAILED and re-enqueued")
             return TrialOutcome(n, TrialState.FAIL, error=msg)
         msg, tail = error_from_log(run_dir / TRIAL_LOG, code)
         frozen = self._finish_failed(trial, msg, tail)
         if died_of_a_signal(code, status) and frozen is not None:
             limit = self.sweep.spec.max_retry
-            if _retry(self.study, frozen, max_retry=limit):
+            if retry(self.study, frozen, max_retry=limit):
                 self.log(
                     f"trial {n}: FAILED: {msg}; re-enqueued to resume from its checkpoint (max_retry {limit})"
                 )
@@ -827,17 +446,6 @@ class Launcher:
             return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
             return None
-
-
-def died_of_a_signal(code: int, status: str | None) -> bool:
-    """The trial's process was killed (the OOM killer's SIGKILL, a SIGTERM or SIGINT from outside the
-    launcher), as opposed to failing by itself: worth resuming. Exit 130 / 143 is a run that saved its
-    checkpoint on the signal; a negative code is Popen's "killed by signal N"."""
-    if code < 0:
-        return True
-    return (
-        code in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGKILL) or status == "interrupted"
-    )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

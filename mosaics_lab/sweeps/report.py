@@ -18,14 +18,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mosaics_lab.analysis.tables import PARAM_DIGITS, markdown_table, short_value, write_csv
-from mosaics_lab.sweeps.launcher import (
-    ERROR_ATTR,
-    RUN_DIR_ATTR,
-    WORKER_ATTR,
-    superseded_numbers,
-    worker_is_dead,
-)
 from mosaics_lab.sweeps.spec import SEED_KEY, Sweep
+from mosaics_lab.sweeps.study import ERROR_ATTR, RUN_DIR_ATTR, WORKER_ATTR, superseded_numbers
+from mosaics_lab.sweeps.workers import worker_is_dead
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"

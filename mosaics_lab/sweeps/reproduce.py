@@ -213,15 +213,11 @@ def run_sweep_spec(
     under <output_root>/<study>/, a training subprocess per trial, the sweep's summary and plots."""
     import optuna
 
-    from mosaics_lab.sweeps.launcher import (
-        Launcher,
-        default_train_command,
-        make_storage,
-        open_study,
-        storage_label,
-    )
+    from mosaics_lab.sweeps.launcher import Launcher, default_train_command
     from mosaics_lab.sweeps.report import write_report
     from mosaics_lab.sweeps.spec import resolve_sweep
+    from mosaics_lab.sweeps.storage import make_storage, storage_label
+    from mosaics_lab.sweeps.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep = resolve_sweep(path, [*size_overrides(spec, size), *overrides], spec=spec)

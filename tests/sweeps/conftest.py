@@ -55,7 +55,7 @@ def load_trials(out: Path, name: str = "s", storage: str | None = None) -> list[
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from mosaics_lab.sweeps.launcher import with_installed_driver
+    from mosaics_lab.sweeps.storage import with_installed_driver
 
     store = (
         with_installed_driver(storage)

@@ -9,9 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from mosaics_lab.sweeps.launcher import build_pruner
 from mosaics_lab.sweeps.report import SUMMARY_MD
 from mosaics_lab.sweeps.spec import RECIPE_KEY, SweepError, resolve_sweep, suggest_values
+from mosaics_lab.sweeps.study import build_pruner
 
 from .conftest import REPO, load_trials, read_ledger, run_sweep, write_sweep
 
@@ -283,7 +283,8 @@ def test_a_description_is_shown_in_the_summary(tmp_path, ledger):
 
 
 def test_a_study_recorded_by_an_older_version_without_the_new_keys_is_joined(tmp_path, ledger):
-    from mosaics_lab.sweeps.launcher import FINGERPRINT_ATTR, make_storage, open_study
+    from mosaics_lab.sweeps.storage import make_storage
+    from mosaics_lab.sweeps.study import FINGERPRINT_ATTR, open_study
 
     path = write_sweep(tmp_path, sampler={"type": "grid"}, grid=[{"train.lr": 0.001}])
     sweep = resolve_sweep(path)

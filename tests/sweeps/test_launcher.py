@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 from optuna.trial import TrialState
 
-from mosaics_lab.sweeps.launcher import ERROR_ATTR, WORKER_ATTR
 from mosaics_lab.sweeps.report import PLOTS_DIR, SUMMARY_CSV, SUMMARY_MD
+from mosaics_lab.sweeps.study import ERROR_ATTR, WORKER_ATTR
 
 from .conftest import load_trials, read_ledger, run_sweep, start_sweep, wait_for, write_sweep
 
@@ -286,8 +286,8 @@ def test_timeout_starts_no_new_trial_after_it(tmp_path, ledger, capsys, monkeypa
 
 
 def test_hyperband_prunes_on_the_recipes_step_budget(tmp_path):
-    from mosaics_lab.sweeps.launcher import build_pruner
     from mosaics_lab.sweeps.spec import resolve_sweep
+    from mosaics_lab.sweeps.study import build_pruner
 
     sweep = resolve_sweep(
         write_sweep(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from mosaics_lab.sweeps.launcher import WORKER_ATTR
+from mosaics_lab.sweeps.study import WORKER_ATTR
 
 from .conftest import (
     load_trials,

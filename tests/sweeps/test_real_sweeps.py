@@ -7,8 +7,8 @@ import json
 from optuna.trial import TrialState
 
 from mosaics_lab.analysis.compare import compare
-from mosaics_lab.sweeps.launcher import ERROR_ATTR
 from mosaics_lab.sweeps.report import PLOTS_DIR, SUMMARY_MD
+from mosaics_lab.sweeps.study import ERROR_ATTR
 from mosaics_lab.training.run import run_tensorboard_dir
 
 from .conftest import load_trials, run_sweep, tiny_trial_overrides, write_sweep
