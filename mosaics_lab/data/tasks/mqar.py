@@ -1,5 +1,9 @@
 """Multi-query associative recall (MQAR), after Zoology (Arora, Eyuboglu et al., 2023).
 
+Compared point by point with Zoology's generator (HazyResearch/zoology, ``zoology/data/multiquery_ar.py``,
+``associative_recall.py`` before 2026) in reports/mqar_generator.md; tests/tasks/test_mqar_zoology.py
+pins what was verified.
+
 Layout of one example of length L with ``num_kv_pairs`` = K (the Zoology generator, one pass):
 
     k_1 v_1 k_2 v_2 ... k_K v_K | s_0 s_0' s_1 s_1' ... s_{S-1} s_{S-1}'      S = (L - 2K) // 2 slots
@@ -17,6 +21,8 @@ Deviations from Zoology, all deliberate:
 - Zoology requires an even L and ``vocab_size > L``; here an odd L leaves one trailing filler
   token, and the vocabulary only has to hold the keys and values (the ``vocab_size > L`` check
   in Zoology protects nothing in the generator).
+- ``power_a`` must lie in (0, 1]; Zoology takes any number (a > 1 would favour slots far from the
+  context; none of its configs uses it).
 - Zoology's random fillers are uniform over all ``vocab_size`` ids, so a filler may equal a key of
   the same example; that is kept (it carries no label, and it is part of the published task).
 """
