@@ -21,9 +21,8 @@ How a trial is driven (one launcher thread per ``--jobs`` slot):
 
 Why ask/tell and not ``Study.optimize``: a grid worker must stop when the queue of enqueued cells is
 empty, and ``optimize`` would then sample fresh trials. The launcher therefore pops waiting trials
-itself (the same storage calls as Optuna's private ``Study._pop_waiting_trial_id``: an atomic
-WAITING -> RUNNING transition, so each cell runs once whatever the number of workers) and records the
-RDB heartbeat itself, as ``optimize`` would.
+itself (``optuna_adapter.claim_waiting``: an atomic WAITING -> RUNNING transition, so each cell runs
+once whatever the number of workers) and records the RDB heartbeat itself, as ``optimize`` would.
 
 The rooms around it: ``storage`` (where the study lives), ``study`` (creating or joining it, the
 fingerprint check, the sampler and pruner), ``workers`` (which launcher runs a trial, dead workers),
@@ -52,6 +51,13 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from mosaics_lab import constants as C
+from mosaics_lab.sweeps.optuna_adapter import (
+    claim_waiting,
+    heartbeat_enabled,
+    record_heartbeat,
+    retried_trial_number,
+    stored_trial,
+)
 from mosaics_lab.sweeps.runfiles import (
     TRIAL_LOG,
     MetricsTail,
@@ -61,7 +67,6 @@ from mosaics_lab.sweeps.runfiles import (
     read_summary,
 )
 from mosaics_lab.sweeps.spec import Sweep, format_override, is_finite, suggest_values
-from mosaics_lab.sweeps.storage import heartbeat_enabled
 from mosaics_lab.sweeps.study import (
     ERROR_ATTR,
     EXIT_ATTR,
@@ -72,7 +77,7 @@ from mosaics_lab.sweeps.study import (
     retry,
     superseded_numbers,
 )
-from mosaics_lab.sweeps.workers import reap_dead_trials, trial_id, worker_id
+from mosaics_lab.sweeps.workers import reap_dead_trials, worker_id
 from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id
 
 POLL_S = 0.25
@@ -127,8 +132,7 @@ class Launcher:
         self.worker = worker_id()
         self._lock = threading.Lock()
         self._deadline = time.monotonic() + self.timeout if self.timeout else None
-        self._storage = self.study._storage  # noqa: SLF001 - heartbeats and the atomic pop need it
-        self._heartbeat = heartbeat_enabled(self._storage)
+        self._heartbeat = heartbeat_enabled(self.study)
         self._timed_out = False
         self._waiting_announced = False
 
@@ -249,18 +253,12 @@ class Launcher:
     def _pop_waiting(self) -> optuna.Trial | None:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         # Retries first: under a trial budget they stand in for trials that already counted.
-        waiting.sort(key=lambda t: ("failed_trial" not in t.system_attrs, t.number))
-        for t in waiting:
-            try:
-                if self._storage.set_trial_state_values(trial_id(t), state=TrialState.RUNNING):
-                    return optuna.Trial(self.study, trial_id(t))
-            except UpdateFinishedTrialError:
-                continue
-        return None
+        waiting.sort(key=lambda t: (retried_trial_number(t) is None, t.number))
+        return claim_waiting(self.study, waiting)
 
     def _claim(self, trial: optuna.Trial) -> None:
         if self._heartbeat:
-            self._storage.record_heartbeat(trial_id(trial))
+            record_heartbeat(self.study, trial)
         trial.set_user_attr(WORKER_ATTR, self.worker)
         for key in (ERROR_ATTR, LOG_TAIL_ATTR, EXIT_ATTR, STATUS_ATTR):  # a retry inherits these
             if key in trial.user_attrs:
@@ -287,9 +285,9 @@ class Launcher:
         return env
 
     def _inherited_run_dir(self, trial: optuna.Trial) -> Path | None:
-        """A retry (Optuna's ``failed_trial`` attr) runs in the run dir of the trial it retries, so the
-        run resumes from that trial's last checkpoint instead of step 0."""
-        failed = self._storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial")
+        """A retry runs in the run dir of the trial it retries, so the run resumes from that trial's
+        last checkpoint instead of step 0."""
+        failed = retried_trial_number(stored_trial(self.study, trial))
         if failed is None:
             return None
         for t in self.study.get_trials(deepcopy=False):
@@ -373,7 +371,7 @@ class Launcher:
             if term_at and now - term_at > TERM_GRACE_S:
                 _signal_group(proc, signal.SIGKILL)
             if self._heartbeat and now >= next_beat:
-                self._storage.record_heartbeat(trial_id(trial))
+                record_heartbeat(self.study, trial)
                 next_beat = now + self.sweep.spec.heartbeat_interval
             time.sleep(POLL_S)
 

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mosaics_lab.analysis.tables import PARAM_DIGITS, markdown_table, short_value, write_csv
+from mosaics_lab.sweeps.optuna_adapter import enqueued_params, retried_trial_number, retry_history
 from mosaics_lab.sweeps.spec import SEED_KEY, Sweep
 from mosaics_lab.sweeps.study import ERROR_ATTR, RUN_DIR_ATTR, WORKER_ATTR, superseded_numbers
 from mosaics_lab.sweeps.workers import worker_is_dead
@@ -41,7 +42,7 @@ def _note(t: FrozenTrial, retried_as: dict[int, int]) -> str:
     parts = []
     if t.number in retried_as:
         parts.append(f"retried as trial {retried_as[t.number]}")
-    origin = t.system_attrs.get("failed_trial")
+    origin = retried_trial_number(t)
     if origin is not None:
         parts.append(f"retry of trial {origin}")
     if t.state == TrialState.WAITING:
@@ -58,7 +59,7 @@ def _note(t: FrozenTrial, retried_as: dict[int, int]) -> str:
 
 def _params(t: FrozenTrial) -> dict[str, Any]:
     """A trial's parameters; for a queued trial, the values it was enqueued with."""
-    return t.params or t.system_attrs.get("fixed_params", {})
+    return t.params or enqueued_params(t)
 
 
 def trial_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], list[str]]:
@@ -67,7 +68,7 @@ def trial_rows(study: optuna.Study) -> tuple[list[dict[str, Any]], list[str]]:
     trials = study.get_trials(deepcopy=False)
     retried_as: dict[int, int] = {}
     for t in trials:
-        history = t.system_attrs.get("retry_history", [])
+        history = retry_history(t)
         if history:
             retried_as[history[-1]] = t.number
     params = list(dict.fromkeys(k for t in trials for k in _params(t)))

@@ -83,7 +83,3 @@ def storage_label(out_dir: Path, url: str | None) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy parses: RDBStorage will say so
         return url
-
-
-def heartbeat_enabled(storage: BaseStorage) -> bool:
-    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None

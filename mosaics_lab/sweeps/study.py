@@ -14,6 +14,7 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from mosaics_lab.sweeps.optuna_adapter import retry_history
 from mosaics_lab.sweeps.spec import CELL_ATTR, Sweep, SweepError, encode_choice
 
 READY_ATTR = "mosaics_lab:cells_enqueued"  # study user attr: set once the creator enqueued every cell
@@ -132,7 +133,7 @@ def superseded_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
     """Failed trials that were re-enqueued (their retry stands in for them)."""
     out: set[int] = set()
     for t in trials:
-        out.update(t.system_attrs.get("retry_history", []))  # set by RetryHeartbeatStaleTrialCallback
+        out.update(retry_history(t))
     return out
 
 

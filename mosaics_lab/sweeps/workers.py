@@ -21,8 +21,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from mosaics_lab import constants as C
+from mosaics_lab.sweeps.optuna_adapter import fail_running, heartbeat_enabled
 from mosaics_lab.sweeps.runfiles import MetricsTail, objective_value, read_summary
-from mosaics_lab.sweeps.storage import heartbeat_enabled
 from mosaics_lab.sweeps.study import ERROR_ATTR, RUN_DIR_ATTR, WORKER_ATTR, retry
 from mosaics_lab.training.stopfile import launcher_id, pid_alive
 
@@ -51,11 +51,6 @@ def worker_is_dead(worker: str) -> bool | None:
     return bool(start) and start != "0" and _process_start(int(pid)) not in (start, "0")
 
 
-def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
-    # Optuna's storages address trials by id; neither Trial nor FrozenTrial exposes it publicly.
-    return trial._trial_id
-
-
 def reap_dead_trials(
     study: optuna.Study, max_retry: int | None, log: Any = print, objective: Any = None
 ) -> list[int]:
@@ -63,8 +58,7 @@ def reap_dead_trials(
     trial's worker process on this host is gone; if its run had completed, its value is recorded from
     the run's files (``objective``: the sweep's ObjectiveSpec) instead. Returns the numbers of the
     trials failed here."""
-    storage = study._storage  # noqa: SLF001 - the storage holds the heartbeat machinery
-    if heartbeat_enabled(storage):
+    if heartbeat_enabled(study):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -86,19 +80,13 @@ def reap_dead_trials(
             continue
         if _record_finished_run(study, t, objective, log):
             continue  # its run had completed: recorded, never run again
-        try:
-            storage.set_trial_user_attr(
-                trial_id(t),
-                ERROR_ATTR,
-                f"its worker {worker} died while running it (found at launcher start)",
-            )
-            if not storage.set_trial_state_values(trial_id(t), TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
+        error = f"its worker {worker} died while running it (found at launcher start)"
+        failed_trial = fail_running(study, t, {ERROR_ATTR: error})
+        if failed_trial is None:
             continue  # another launcher got there first
         # The trial did not fail, its launcher died: the retry (which resumes from the trial's own
         # checkpoint in its own run dir) does not count against max_retry.
-        retried = retry(study, storage.get_trial(trial_id(t)), None)
+        retried = retry(study, failed_trial, None)
         then = " and re-enqueued (it resumes from its checkpoint)" if retried else ""
         log(f"trial {t.number}: its worker {worker} died; marked FAILED{then}")
         failed.append(t.number)
