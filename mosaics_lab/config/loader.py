@@ -15,59 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException
 
+from mosaics_lab.config import typed_yaml
 from mosaics_lab.config.models import MODEL_CONFIGS
 from mosaics_lab.config.schema import RUN_NAME_MAX, Recipe
 
 
-class RecipeError(ValueError):
+class RecipeError(typed_yaml.ConfigFileError):
     """A recipe that cannot be used as written; the message says what to change."""
 
 
-# `${key.path}` (another recipe value) is allowed; `${resolver:...}` is not: oc.env reads the
-# environment, oc.create / oc.decode build values from strings, and a custom resolver runs code. A
-# recipe (or sweep file) must say what it runs, and what ran is in the run's recipe.yaml.
-_RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.\-]*\s*:")
-
-
-def find_resolver(cfg: DictConfig | Any, prefix: str = "") -> tuple[str, str] | None:
-    """(key, raw value) of the first value that calls an OmegaConf resolver, or None. Not resolved."""
-    raw = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
-    if isinstance(raw, dict):
-        items = ((f"{prefix}{k}", v) for k, v in raw.items())
-    elif isinstance(raw, list):
-        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(raw))
-    else:
-        return (prefix, raw) if isinstance(raw, str) and _RESOLVER_CALL.search(raw) else None
-    for key, value in items:
-        found = find_resolver(value, key + "." if isinstance(value, dict) else key)
-        if found is not None:
-            return (found[0].rstrip("."), found[1])
-    return None
-
-
 def refuse_resolvers(cfg: DictConfig, source: str) -> None:
-    found = find_resolver(cfg)
-    if found is not None:
-        key, value = found
-        raise RecipeError(
-            f"{source}: {key!r} = {value!r} calls an OmegaConf resolver; only plain interpolations of "
-            "other keys (${section.key}) are allowed. Write the value itself."
-        )
-
-
-def _read_yaml(path: Path) -> DictConfig:
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors come in many types
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(cfg, DictConfig):
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(cfg).__name__}")
-    refuse_resolvers(cfg, str(path))
-    return cfg
+    """No ``${resolver:...}`` in a recipe (see ``typed_yaml``): a ``RecipeError`` naming the key."""
+    typed_yaml.refuse_resolvers(cfg, source, RecipeError)
 
 
 def _resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
@@ -76,7 +37,7 @@ def _resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise RecipeError(f"base: cycle between recipes: {cycle}")
-    cfg = _read_yaml(path)
+    cfg = typed_yaml.read_yaml(path, "recipe file", RecipeError)
     layers: list[tuple[Path, DictConfig]] = []
     if "base" in cfg:
         bases = cfg.base
@@ -86,25 +47,8 @@ def _resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
     return [*layers, (path, cfg)]
 
 
-def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
-    parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
-    node = OmegaConf.select(schema, parent) if parent else schema
-    return [str(k) for k in node] if isinstance(node, DictConfig) else []
-
-
-def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> RecipeError:
-    key = getattr(exc, "full_key", None) or "?"
-    if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
-        valid = _valid_keys(schema, key)
-        leaf = key.rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(leaf, valid, n=1)
-        parent = key[: -len(leaf)]
-        hint = f"; did you mean {parent + close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
-        return RecipeError(f"{source}: unknown recipe key {key!r}{hint}")
-    if isinstance(exc, ValidationError):
-        msg = str(exc).splitlines()[0]
-        return RecipeError(f"{source}: wrong type for {key!r}: {msg}")
-    return RecipeError(f"{source}: {key!r}: {str(exc).splitlines()[0]}")
+def _explainer(schema: DictConfig) -> typed_yaml.Explainer:
+    return lambda exc, source: typed_yaml.explain(exc, schema, source, RecipeError, "recipe key")
 
 
 def _arch_of(layers: list[tuple[Path, DictConfig]], overrides: DictConfig) -> str:
@@ -120,18 +64,6 @@ def _arch_of(layers: list[tuple[Path, DictConfig]], overrides: DictConfig) -> st
     return arch
 
 
-def _open_free_form_dicts(node: DictConfig) -> None:
-    """Struct mode applies to dataclass sections only: ``Dict[str, Any]`` fields (e.g.
-    ``data.generate_args``) take any key; their consumer validates them."""
-    for key in node:
-        child = node._get_node(key)
-        if isinstance(child, DictConfig):
-            if child._metadata.object_type in (None, dict):
-                OmegaConf.set_struct(child, False)
-            else:
-                _open_free_form_dicts(child)
-
-
 def schema_for(arch: str) -> DictConfig:
     """The structured, struct-mode recipe schema with the model section typed for ``arch``."""
     schema = OmegaConf.structured(Recipe)
@@ -139,7 +71,7 @@ def schema_for(arch: str) -> DictConfig:
     OmegaConf.set_struct(schema, False)
     schema.model = with_model
     OmegaConf.set_struct(schema, True)
-    _open_free_form_dicts(schema)
+    typed_yaml.open_free_form_dicts(schema)
     return schema
 
 
@@ -190,25 +122,12 @@ def load_recipe_config(path: str | Path, overrides: Sequence[str] = ()) -> DictC
             f"match_params_of={dotlist.model.match_params_of}"
         )
     schema = schema_for(_arch_of(layers, dotlist))
-    merged = schema
-    for source, cfg in [*((str(p), c) for p, c in layers), ("command line", dotlist)]:
-        try:
-            merged = OmegaConf.merge(merged, cfg)
-        except OmegaConfBaseException as exc:
-            raise _explain(exc, schema, source) from exc
-    return merged
+    sources = [*((str(p), c) for p, c in layers), ("command line", dotlist)]
+    return typed_yaml.merge(schema, sources, _explainer(schema))
 
 
 def to_recipe(cfg: DictConfig, source: str = "recipe") -> Recipe:
-    try:
-        recipe = OmegaConf.to_object(cfg)
-    except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{source}: {exc}") from exc
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
-        raise RecipeError(f"{source}: {str(cause).splitlines()[0]}") from exc
-    assert isinstance(recipe, Recipe)
-    return recipe
+    return typed_yaml.to_object(cfg, Recipe, source, RecipeError)
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -316,8 +235,4 @@ def recipe_from_dict(d: dict[str, Any], source: str = "recipe") -> Recipe:
     schema = schema_for(arch)
     given = OmegaConf.create(d)
     refuse_resolvers(given, source)  # a checkpoint's recipe is data from a file, like a recipe
-    try:
-        merged = OmegaConf.merge(schema, given)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, schema, source) from exc
-    return to_recipe(merged, source)
+    return to_recipe(typed_yaml.merge(schema, [(source, given)], _explainer(schema)), source)

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError
 
 from mosaics_lab import constants as C
+from mosaics_lab.config import typed_yaml
+from mosaics_lab.config.loader import RecipeError, flatten, load_recipe, parse_overrides, recipe_to_dict
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -43,7 +45,7 @@ CELL_ATTR = "cell"  # trial user attribute: index of the grid cell the trial run
 RECIPE_KEY = "recipe"  # a grid cell's own recipe; also the Optuna param recording it
 
 
-class SweepError(ValueError):
+class SweepError(typed_yaml.ConfigFileError):
     """A sweep file (or sweep command) that cannot be used as written; the message says what to change."""
 
 
@@ -166,72 +168,30 @@ def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
 # --- loading --------------------------------------------------------------------------------------
 
 
-def _schema() -> DictConfig:
-    schema = OmegaConf.structured(SweepSpec)
-    OmegaConf.set_struct(schema, True)
-    # Free-form mappings keyed by dotted recipe keys: the recipe schema validates those keys later.
-    for key in ("space", "overrides", "sizes", "reproduce"):
-        OmegaConf.set_struct(schema._get_node(key), False)
-    return schema
-
-
-def _explain(exc: OmegaConfBaseException, source: str) -> SweepError:
+def _explain(exc: Exception, schema: DictConfig, source: str) -> ValueError:
     key = str(getattr(exc, "full_key", "") or "?")
-    msg = str(exc).splitlines()[0]
-    if isinstance(exc, ConfigKeyError):
+    if isinstance(exc, ConfigKeyError) and key.startswith("space."):
         leaf = key.rsplit(".", 1)[-1]
-        if key.startswith("space."):
-            valid = [f.name for f in ParamSpec.__dataclass_fields__.values()]
-            close = difflib.get_close_matches(leaf, valid, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-            return SweepError(
-                f"{source}: unknown key {leaf!r} in space param {key.rsplit('.', 1)[0][6:]!r}; {hint} "
-                "(space keys are dotted recipe keys, e.g. `train.lr: {type: float, low: 1e-4, high: 1e-2}`)"
-            )
-        valid = list(SweepSpec.__dataclass_fields__)
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        if parent:
-            node_type = {"objective": ObjectiveSpec, "sampler": SamplerSpec, "pruner": PrunerSpec}.get(parent)
-            valid = list(node_type.__dataclass_fields__) if node_type else valid
+        valid = [f.name for f in dataclasses.fields(ParamSpec)]
         close = difflib.get_close_matches(leaf, valid, n=1)
-        hint = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
-        return SweepError(f"{source}: unknown sweep key {key!r}{hint} (valid here: {', '.join(valid)})")
-    if isinstance(exc, ValidationError):
-        return SweepError(f"{source}: wrong type for {key!r}: {msg}")
-    return SweepError(f"{source}: {key!r}: {msg}")
+        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+        return SweepError(
+            f"{source}: unknown key {leaf!r} in space param {key.rsplit('.', 1)[0][6:]!r}; {hint} "
+            "(space keys are dotted recipe keys, e.g. `train.lr: {type: float, low: 1e-4, high: 1e-2}`)"
+        )
+    if isinstance(exc, TypeError):  # e.g. a mapping where a list is expected
+        return SweepError(f"{source}: {exc} (grid: is a list of mappings, space: a mapping)")
+    return typed_yaml.explain(exc, schema, source, SweepError, "sweep key")
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:
-    """Read and type-check a sweep file (no recipe validation yet: see ``resolve_sweep``)."""
+    """Read and type-check a sweep file (no recipe validation yet: see ``resolve_sweep``). Free-form
+    mappings (``space``, ``overrides``, ``sizes``) take dotted recipe keys, checked by resolve_sweep."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        raw = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors come in many types
-        raise SweepError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, DictConfig):
-        raise SweepError(f"{path}: a sweep file must be a mapping of keys, got {type(raw).__name__}")
-    from mosaics_lab.config.loader import RecipeError, refuse_resolvers
-
-    try:
-        refuse_resolvers(raw, str(path))  # the same rule as recipes: no ${resolver:...}
-    except RecipeError as exc:
-        raise SweepError(str(exc)) from exc
-    try:
-        merged = OmegaConf.merge(_schema(), raw)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, str(path)) from exc
-    except TypeError as exc:  # e.g. a mapping where a list is expected
-        raise SweepError(f"{path}: {exc} (grid: is a list of mappings, space: a mapping)") from exc
-    try:
-        spec = OmegaConf.to_object(merged)
-    except SweepError as exc:
-        raise SweepError(f"{path}: {exc}") from exc
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
-        raise SweepError(f"{path}: {str(cause).splitlines()[0]}") from exc
-    assert isinstance(spec, SweepSpec)
+    raw = typed_yaml.read_yaml(path, "sweep file", SweepError)  # resolvers refused, as in recipes
+    schema = typed_yaml.structured_schema(SweepSpec)
+    merged = typed_yaml.merge(schema, [(str(path), raw)], lambda exc, src: _explain(exc, schema, src))
+    spec = typed_yaml.to_object(merged, SweepSpec, str(path), SweepError)
     if not spec.study:
         raise SweepError(f"{path}: `study:` is required")
     if not spec.base_recipe and not (spec.grid and all(RECIPE_KEY in g for g in spec.grid)):
@@ -404,8 +364,6 @@ class Sweep:
 
 def _load(recipe: Path, sweep_path: Path, where: str, values: Mapping[str, Any]) -> Any:
     """``recipe`` with ``values`` applied, validated; a mistake names the sweep file and ``where``."""
-    from mosaics_lab.config.loader import RecipeError, load_recipe
-
     try:
         return load_recipe(recipe, [format_override(k, v) for k, v in values.items()])
     except (RecipeError, SweepError) as exc:
@@ -561,8 +519,6 @@ def resolve_sweep(
 
     ``size`` picks an entry of ``sizes:``; its overrides come after the file's ``overrides:`` and
     before ``extra_overrides`` (the command line's)."""
-    from mosaics_lab.config.loader import RecipeError, flatten, parse_overrides, recipe_to_dict
-
     path = Path(path)
     spec = spec or load_sweep_spec(path)
     base = _recipe_path(path, spec.base_recipe, "base_recipe") if spec.base_recipe else None

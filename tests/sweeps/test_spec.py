@@ -10,7 +10,7 @@ import pytest
 from mosaics_lab.config import load_recipe
 from mosaics_lab.sweeps.spec import SweepError, format_override, resolve_sweep, suggest_values
 
-from .conftest import BASE_RECIPE, run_sweep, write_sweep
+from .conftest import BASE_RECIPE, REPO, run_sweep, write_sweep
 
 
 def error_of(tmp_path, capsys, **fields) -> str:
@@ -39,6 +39,8 @@ def error_of(tmp_path, capsys, **fields) -> str:
         ),
         ({"sampler": {"type": "tpee"}}, ["sampler.type", "'tpee'", "did you mean 'tpe'"]),
         ({"samplr": {"type": "tpe"}}, ["unknown sweep key 'samplr'", "did you mean 'sampler'"]),
+        ({"objective": {"metrc": "val/loss"}}, ["unknown sweep key 'objective.metrc'", "'objective.metric'"]),
+        ({"grid": {"model.n_layer": 1}}, ["grid: is a list of mappings"]),
         (  # a value the recipe's type rejects
             {"space": {"train.max_steps": {"type": "categorical", "choices": [10, "many"]}}},
             ["space.train.max_steps", "wrong type"],
@@ -199,3 +201,18 @@ def test_grid_keys_of_another_architecture_are_not_filled_into_cells_without_the
     assert llama == {"model.arch": "llama", "model.n_kv_head": 2}
     assert gpt2 == {"model.arch": "gpt2"}  # gpt2 has no n_kv_head: nothing to fill in
     load_recipe(BASE_RECIPE, sweep.trial_overrides(gpt2))  # and the trial's overrides load
+
+
+def test_resolving_a_sweep_imports_no_torch():
+    # Sweep validation and --status start instantly: the sweep file and every recipe it names load
+    # without torch (config/ is the torch-free ground floor).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mosaics_lab.sweeps.spec import load_sweep_spec, resolve_sweep; "
+        "load_sweep_spec('sweeps/v2_bandwidth.yaml'); resolve_sweep('sweeps/v1_vs_transformer.yaml'); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
