@@ -211,8 +211,7 @@ def summarize(results: Mapping[str, Any], spec: ReportSpec) -> dict[str, Any]:
             if ok and any(ev and ev.get("points") for ev in evs):
                 curves.setdefault(name, {})[_label(g["group"])] = _curve(evs)
         row["learned"] = "yes" if ok else "no"
-        row["gate"] = why
-        main.append(row)
+        main.append({**row, "gate": why})
     calibration.sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
     main.sort(key=lambda r: json.dumps({k: r[k] for k in spec.group_by}, sort_keys=True, default=str))
     return {
@@ -302,7 +301,9 @@ def render(results: Mapping[str, Any], spec: ReportSpec, figures: Sequence[Path]
         "",
         "## Results",
         "",
-        markdown_table(s["main"]) if s["main"] else "No completed runs yet.",
+        markdown_table([{k: v for k, v in r.items() if k != "gate"} for r in s["main"]])
+        if s["main"]
+        else "No completed runs yet.",
         "",
     ]
     unlearned = [r for r in s["main"] if r["learned"] == "no"]
@@ -318,7 +319,14 @@ def render(results: Mapping[str, Any], spec: ReportSpec, figures: Sequence[Path]
         lines += ["## Published", "", spec.published, ""]
     if spec.notes:
         lines += ["## Set-up notes", "", spec.notes, ""]
-    lines += ["## Calibration", "", markdown_table(s["calibration"]) if s["calibration"] else "none", ""]
+    # The calibration study's own runs (first seed, every value) when the driver recorded them;
+    # otherwise the values found among the reported runs.
+    calibration = meta.get("calibration") or s["calibration"]
+    chosen = meta.get("chosen")
+    lines += ["## Calibration", ""]
+    if chosen is not None:
+        lines += [f"Kept per grid cell (lowest final validation loss): {', '.join(map(str, chosen))}.", ""]
+    lines += [markdown_table(calibration) if calibration else "none", ""]
     return "\n".join(lines)
 
 

@@ -89,7 +89,7 @@ class ReproduceSpec:
     axis: Optional[AxisSpec] = None
     evaluate: list[EvalJob] = field(default_factory=list)
     eval_batches: dict[str, int] = field(default_factory=dict)  # size -> batches per evaluated point
-    eval_batch_size: int = 16
+    eval_batch_size: dict[str, int] = field(default_factory=dict)  # size -> sequences per batch (16)
     gate: GateSpec = field(default_factory=GateSpec)
 
 
@@ -172,7 +172,15 @@ def choose(
                 continue
             loss = r.final(VAL_LOSS)
             value = r.recipe.get(rep.calibrate)
-            table.append({"cell": i, rep.calibrate: value, "val/loss": loss, "run": str(r.path)})
+            table.append(
+                {
+                    "cell": i,
+                    "recipe": r.recipe.get("name"),
+                    rep.calibrate: value,
+                    "val/loss": loss,
+                    "run": r.path.name,
+                }
+            )
             if loss is not None and loss < best_loss:
                 best, best_loss = value, loss
         if best is None:
@@ -202,15 +210,18 @@ def _run_matches(recipe: dict[str, Any], cell: dict[str, Any], source: Path) -> 
 
 
 def size_overrides(spec: SweepSpec, size: str) -> list[str]:
-    """The size's overrides as ``key=value`` items, applied after the file's ``overrides:``."""
+    """The size's overrides as ``key=value`` items (what ``resolve_sweep(size=)`` applies)."""
     return [format_override(k, v) for k, v in (spec.sizes.get(size) or {}).items()]
 
 
 def run_sweep_spec(
     path: Path, spec: SweepSpec, size: str, overrides: list[str], jobs: int, quiet: bool
 ) -> int:
-    """Run (or continue) one sweep of the study, as `mosaics-lab sweep` runs a file: its own storage
-    under <output_root>/<study>/, a training subprocess per trial, the sweep's summary and plots."""
+    """Run (or continue) one sweep of the study, as `mosaics-lab sweep FILE --size SIZE` runs a file:
+    its own storage under <output_root>/<study>/, a training subprocess per trial, the sweep's
+    summary and plots."""
+    import warnings
+
     import optuna
 
     from mosaics_lab.sweeps.launcher import Launcher, default_train_command
@@ -220,7 +231,8 @@ def run_sweep_spec(
     from mosaics_lab.sweeps.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sweep = resolve_sweep(path, [*size_overrides(spec, size), *overrides], spec=spec)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sweep = resolve_sweep(path, overrides, spec=spec, size=size)
     out_dir = sweep.output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(sweep, make_storage(sweep, out_dir))
@@ -247,6 +259,7 @@ def evaluate_trials(study_dir: Path, rep: ReproduceSpec, size: str, source: Path
     from mosaics_lab.evaluation.runner import EvalOptions, eval_name, evaluate
 
     batches = _per_size(rep.eval_batches, size, "reproduce.eval_batches", source) if rep.eval_batches else 16
+    batch_size = rep.eval_batch_size.get(size, 16)
     failures = []
     for run in load_runs(discover_runs([str(study_dir)])):
         if run.status != "completed":
@@ -259,7 +272,7 @@ def evaluate_trials(study_dir: Path, rep: ReproduceSpec, size: str, source: Path
                 continue
             options = EvalOptions(
                 batches=int(batches),
-                batch_size=rep.eval_batch_size,
+                batch_size=batch_size,
                 task_args=dict(job.task_args),
                 ablate=job.ablate,
                 progress=not quiet,
