@@ -402,6 +402,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="re-render the report from its stored results")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
     p.set_defaults(func=run_reproduce_cli)
+    from mosaics_lab.sweeps.cli import IntermixedParser
+
+    p.__class__ = IntermixedParser  # key=value overrides after the options too, as `sweep` takes them
 
 
 def run_reproduce_cli(args: argparse.Namespace) -> int:
