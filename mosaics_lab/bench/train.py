@@ -93,9 +93,10 @@ def default_shapes(device: str, quick: bool) -> dict[tuple[str, str], list[Shape
     if device == "cuda":
         small = [Shape(768, 12, 12, 1024, 16), Shape(768, 12, 12, 4096, 4)]
         return {pair: small for pair in PAIRS}
+    # d 256, and the tiny recipes' width d 128 (issue 13 asks for the ratios at both shapes).
     return {
-        PAIRS[0]: [Shape(256, 4, 4, 512, 8), Shape(256, 4, 4, 2048, 2)],
-        PAIRS[1]: [Shape(256, 4, 4, 1024, 4), Shape(256, 4, 4, 4096, 1)],
+        PAIRS[0]: [Shape(256, 4, 4, 512, 8), Shape(256, 4, 4, 2048, 2), Shape(128, 4, 4, 2048, 2)],
+        PAIRS[1]: [Shape(256, 4, 4, 1024, 4), Shape(256, 4, 4, 4096, 1), Shape(128, 4, 4, 4096, 1)],
     }
 
 
@@ -393,6 +394,7 @@ def format_pairs(rows: Sequence[dict]) -> str:
         {
             "arch": r["arch"],
             "vs": r["vs"],
+            "d": r["d"],
             "T": r["T"],
             "B": r["B"],
             "params": f"{r['params']:,}",
