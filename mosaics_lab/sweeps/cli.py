@@ -16,6 +16,9 @@ examples:
   mosaics-lab sweep sweeps/lr_search.yaml train.max_steps=50  # key=value: applied to every trial
   mosaics-lab sweep sweeps/v2_bandwidth.yaml --size smoke     # the file's `sizes: {smoke: ...}` overrides
 
+A bar on stderr (on a terminal) counts the study's trials done / running / failed with the best value
+so far, and one line per finished trial gives its state, objective, values and wall time (--quiet: none
+of either). A trial's own output goes to its run dir's train.log only.
 Trials run in <out>/<study>/trial-<n>/ (a normal run dir each); the study lives in
 <out>/<study>/journal.log unless --storage (or storage: in the file) names a database. Ctrl-C stops the
 running trials cleanly; they are marked FAILED and re-enqueued, so re-running resumes the study.
@@ -63,6 +66,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output root (overrides output_root; default runs)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
     p.add_argument("--status", action="store_true", help="print the table of trials and exit")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no line per finished trial (notices and the final table remain)",
+    )
     p.add_argument(
         "--train-command",
         default=None,
@@ -133,6 +141,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         timeout=args.timeout or spec.timeout,
         train_command=command,
         log=lambda msg: print(f"[{sweep.study}] {msg}", flush=True),
+        quiet=args.quiet,
+        bar=not args.quiet and sys.stderr.isatty(),  # a bar for a person watching, nothing in logs
     )
     code = launcher.run()
     written = write_report(study, sweep, out_dir, storage_name)

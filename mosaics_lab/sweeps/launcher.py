@@ -58,6 +58,7 @@ from mosaics_lab.sweeps.optuna_adapter import (
     retried_trial_number,
     stored_trial,
 )
+from mosaics_lab.sweeps.progress import TrialBar, TrialOutcome, trial_line
 from mosaics_lab.sweeps.runfiles import (
     TRIAL_LOG,
     MetricsTail,
@@ -104,14 +105,6 @@ def _set_aside(run_dir: Path) -> Path | None:
 
 
 @dataclass
-class TrialOutcome:
-    number: int
-    state: TrialState
-    value: float | None = None
-    error: str | None = None
-
-
-@dataclass
 class Launcher:
     """Runs trials of ``study`` with ``jobs`` parallel slots until the budget or the queue is spent."""
 
@@ -122,7 +115,9 @@ class Launcher:
     n_trials: int | None = None
     timeout: float | None = None
     train_command: Sequence[str] = field(default_factory=default_train_command)
-    log: Any = print
+    log: Any = print  # the launcher's notices (and, unless quiet, one line per finished trial)
+    quiet: bool = False  # no line per finished trial
+    bar: bool = False  # a tqdm bar over the study's trials on stderr (the CLI: on a terminal)
     interrupt: threading.Event = field(default_factory=threading.Event)  # Ctrl-C: stop running trials
     kill: threading.Event = field(default_factory=threading.Event)  # second Ctrl-C: terminate them now
     outcomes: list[TrialOutcome] = field(default_factory=list)
@@ -135,12 +130,30 @@ class Launcher:
         self._heartbeat = heartbeat_enabled(self.study)
         self._timed_out = False
         self._waiting_announced = False
+        self._bar = TrialBar(self.study, self.sweep.spec.objective.metric, enabled=self.bar)
+
+    def _say(self, message: str) -> None:
+        """A notice (or a trial's line) through ``log``, with the bar stepping aside for it."""
+        with self._bar.writing():
+            self.log(message)
+
+    def _budget(self) -> int | None:
+        if self.n_trials is not None:
+            return self.n_trials
+        return len(self.sweep.cells) if self.sweep.is_grid else None
 
     # -- the loop --
 
     def run(self) -> int:
         """Run the sweep; returns the exit code (0, or 130 when interrupted, 1 on launcher errors)."""
-        reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log, self.sweep.spec.objective)
+        self._bar.open(self._budget())
+        try:
+            return self._run()
+        finally:
+            self._bar.close()
+
+    def _run(self) -> int:
+        reap_dead_trials(self.study, self.sweep.spec.max_retry, self._say, self.sweep.spec.objective)
         # Each slot signals its own end. The main thread never waits in Thread.join(): a Ctrl-C landing
         # inside join() can mark a live thread as stopped (CPython 3.11), and the launcher would then
         # return while a trial still runs, leaving it RUNNING in the study. Ctrl-C interrupts a sleep.
@@ -162,14 +175,14 @@ class Launcher:
                 except KeyboardInterrupt:
                     if not self.interrupt.is_set():
                         self.interrupt.set()
-                        self.log(
+                        self._say(
                             "interrupted: asking running trials to stop; they are marked FAILED and "
                             "re-enqueued, so re-running this command resumes the study. "
                             "Ctrl-C again to kill them now."
                         )
                     else:
                         self.kill.set()
-                        self.log("killing running trials")
+                        self._say("killing running trials")
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -193,16 +206,22 @@ class Launcher:
                 return
             if trial is None:
                 return
+            self._bar.refresh()
             try:
-                self.outcomes.append(self._run_trial(trial))
+                outcome = self._run_trial(trial)
                 consecutive_errors = 0
             except Exception as exc:  # a launcher-side error on one trial: record it and go on
                 consecutive_errors += 1
                 msg = f"launcher error: {type(exc).__name__}: {exc}"
                 self.errors.append(f"trial {trial.number}: {msg}")
                 self._finish_failed(trial, msg, tail="")
-                if consecutive_errors >= MAX_LAUNCHER_ERRORS:
-                    return
+                outcome = TrialOutcome(trial.number, TrialState.FAIL, error=msg)
+            self.outcomes.append(outcome)
+            self._bar.refresh()
+            if not self.quiet:
+                self._say(trial_line(outcome, self.sweep.spec.objective.metric, trial.params))
+            if consecutive_errors >= MAX_LAUNCHER_ERRORS:
+                return
 
     def _started_count(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
@@ -224,10 +243,10 @@ class Launcher:
                 with self._lock:
                     if not self._timed_out:
                         self._timed_out = True
-                        self.log(f"timeout ({self.timeout:g} s) reached: starting no new trial")
+                        self._say(f"timeout ({self.timeout:g} s) reached: starting no new trial")
                 return None
             with self._lock:  # one slot at a time: the budget check and the pop/ask go together
-                reap_dead_trials(self.study, self.sweep.spec.max_retry, self.log, self.sweep.spec.objective)
+                reap_dead_trials(self.study, self.sweep.spec.max_retry, self._say, self.sweep.spec.objective)
                 if self.n_trials is None or self._started_count() < self.n_trials:
                     trial = self._pop_waiting()
                     if trial is None and not self.sweep.is_grid:
@@ -244,7 +263,7 @@ class Launcher:
                 return None
             if not self._waiting_announced:
                 self._waiting_announced = True
-                self.log(
+                self._say(
                     "nothing left to start; waiting while other workers' trials run, to take over any whose "
                     "worker dies (Ctrl-C stops waiting)"
                 )
@@ -303,14 +322,15 @@ class Launcher:
             run_dir = self.out_dir / f"trial-{trial.number:04d}"
             aside = _set_aside(run_dir)
             if aside is not None:
-                self.log(
+                self._say(
                     f"trial {trial.number}: {run_dir} already existed (not from this study); moved to {aside}"
                 )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
-        shown = " ".join(f"{k}={v}" for k, v in trial.params.items()) or "(base recipe)"
-        self.log(f"trial {trial.number}: started {shown} -> {run_dir}")
+        started = time.monotonic()
+        # The run's output (per-step lines, warnings, tracebacks) goes to its log file only, never to
+        # the launcher's terminal, where the bar and one line per finished trial say how it goes.
         with open(run_dir / TRIAL_LOG, "wb") as out:
             proc = subprocess.Popen(
                 self._command(recipe, run_dir, values),
@@ -324,7 +344,9 @@ class Launcher:
             finally:
                 if proc.poll() is None:  # the launcher itself is failing: do not leave the run behind
                     _terminate(proc)
-        return self._finish(trial, run_dir, code, series, stop_reason)
+        outcome = self._finish(trial, run_dir, code, series, stop_reason)
+        outcome.wall_s = time.monotonic() - started
+        return outcome
 
     def _watch(
         self, trial: optuna.Trial, proc: subprocess.Popen, run_dir: Path
@@ -397,13 +419,13 @@ class Launcher:
             trial.set_user_attr("global_step", summary["global_step"])
         n = trial.number
         if stop_reason == "superseded":
-            self.log(f"trial {n}: taken over by another worker (its heartbeat lapsed); left to the retry")
-            return TrialOutcome(n, TrialState.FAIL, error="superseded")
+            note = "taken over by another worker (its heartbeat lapsed); left to the retry"
+            return TrialOutcome(n, TrialState.FAIL, error="superseded", note=note)
         if stop_reason == "pruned":
             self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             step = series[-1][0] if series else "?"
-            self.log(f"trial {n}: PRUNED at step {step} (stopped at step {summary.get('global_step', '?')})")
-            return TrialOutcome(n, TrialState.PRUNED)
+            note = f"at step {step}, stopped at step {summary.get('global_step', '?')}"
+            return TrialOutcome(n, TrialState.PRUNED, value=series[-1][1] if series else None, note=note)
         if code == 0 and status in (None, "completed"):
             objective = self.sweep.spec.objective
             value = objective_value(series, objective.value, objective.direction)
@@ -415,25 +437,20 @@ class Launcher:
                 self._finish_failed(trial, msg, tail="")
                 return TrialOutcome(n, TrialState.FAIL, error=msg)
             self.study.tell(trial, value, skip_if_finished=True)
-            self.log(f"trial {n}: COMPLETE {objective.metric}={value:.6g}")
             return TrialOutcome(n, TrialState.COMPLETE, value=value)
         if stop_reason == "interrupted":
             msg = "interrupted by the user (Ctrl-C); re-enqueued"
             frozen = self._finish_failed(trial, msg, tail="")
             if frozen is not None:
                 retry(self.study, frozen, max_retry=None)
-            self.log(f"trial {n}: interrupted; marked FAILED and re-enqueued")
             return TrialOutcome(n, TrialState.FAIL, error=msg)
         msg, tail = error_from_log(run_dir / TRIAL_LOG, code)
         frozen = self._finish_failed(trial, msg, tail)
         if died_of_a_signal(code, status) and frozen is not None:
             limit = self.sweep.spec.max_retry
             if retry(self.study, frozen, max_retry=limit):
-                self.log(
-                    f"trial {n}: FAILED: {msg}; re-enqueued to resume from its checkpoint (max_retry {limit})"
-                )
-                return TrialOutcome(n, TrialState.FAIL, error=msg)
-        self.log(f"trial {n}: FAILED: {msg}")
+                note = f"re-enqueued to resume from its checkpoint (max_retry {limit})"
+                return TrialOutcome(n, TrialState.FAIL, error=msg, note=note)
         return TrialOutcome(n, TrialState.FAIL, error=msg)
 
     def _finish_failed(self, trial: optuna.Trial, message: str, tail: str) -> FrozenTrial | None:

@@ -7,6 +7,7 @@ Behaviour from real recipe keys (so the sweep validates against the real recipe)
 - val/loss(step) = 3 - 0.1 * step + 50 * train.lr * step  (a large lr "diverges");
 - train.max_steps steps (default 6), a value every eval.every_n_steps (default 2);
 - train.warmup_steps == 13: crashes with a traceback (a deliberately failing trial);
+- prints a line per step on stdout and on stderr ("fake train: step N on ..."), like a run's output;
 - FAKE_STEP_S (env): seconds per step; FAKE_LEDGER (env): a file that gets one JSON line per start
   (with the recipe it was given) and per end of every execution, to count how often each trial ran.
 - resumes like a real run: ``fake.ckpt`` in the run dir holds the last step; a restart continues
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
     step = resumed
     for step in range(resumed + 1, steps + 1):
         time.sleep(float(os.environ.get("FAKE_STEP_S", "0.02")))
+        print(f"fake train: step {step} on stdout", flush=True)  # as a run's per-step output
+        print(f"fake train: step {step} on stderr", file=sys.stderr, flush=True)
         if step % every == 0:
             loss = 3.0 - 0.1 * step + 50 * lr * step
             with open(run_dir / "metrics.jsonl", "a") as f:

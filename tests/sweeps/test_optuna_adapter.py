@@ -100,13 +100,13 @@ def test_heartbeats_on_a_database_fail_a_silent_trial(tmp_path):
     assert not oa.heartbeat_enabled(journal)
     plain = optuna.create_study(storage=RDBStorage(f"sqlite:///{tmp_path / 'plain.db'}"))
     assert not oa.heartbeat_enabled(plain)
-    storage = RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    storage = RDBStorage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=4)
     study = optuna.create_study(storage=storage)
     assert oa.heartbeat_enabled(study)
     trial = study.ask()
     oa.record_heartbeat(study, trial)
     optuna.storages.fail_stale_trials(study)
     assert study.get_trials()[0].state == TrialState.RUNNING, "a fresh heartbeat keeps it running"
-    time.sleep(1.5)
+    time.sleep(4.5)
     optuna.storages.fail_stale_trials(study)
     assert study.get_trials()[0].state == TrialState.FAIL
