@@ -30,6 +30,8 @@ def test_shipped_sweep_is_valid_against_its_recipe(path: Path, monkeypatch):
     if sweep.is_grid:
         assert len(sweep.cells) >= 2
         assert len({tuple(sorted(map(str, c.values.items()))) for c in sweep.cells}) == len(sweep.cells)
+    # `--size smoke` checks a sweep end to end in minutes: a few steps per trial
+    assert resolve_sweep(path.relative_to(REPO), size="smoke").total_steps <= 10
 
 
 def test_v1_vs_transformer_compares_matched_parameter_counts(monkeypatch):
