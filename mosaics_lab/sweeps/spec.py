@@ -1,18 +1,21 @@
-"""Sweep files: the typed schema, loading, and validation against the base recipe.
+"""Sweeps as data: a sweep file resolved against its recipes and validated (``resolve_sweep`` ->
+``Sweep``), its grid cells, and what a trial asks Optuna for (``suggest_values``). The schema of the
+file and its loading live in ``sweeps.schema``; their names are re-exported here, the one place
+sweep definitions are imported from.
 
-A sweep is data (zoology's ``launch.py``): a base recipe, what to optimise, how to sample, and which
-recipe keys vary. ``sweeps/<name>.yaml`` is merged onto ``SweepSpec`` in OmegaConf struct mode, like
-recipes, so a misspelled key is an error naming the key and its nearest valid spelling. Every key in
-``space``, ``grid``, ``when`` and ``overrides`` is then checked against the base recipe's schema by
-building the recipe with that value applied (``load_recipe(base, ["key=value", ...])``) for each
-choice and each range end, so a typo or an impossible value fails before any trial starts.
+A sweep is data (zoology's ``launch.py``): a base recipe (or a recipe per grid cell), what to
+optimise, how to sample, and which recipe keys vary. Every key in ``space``, ``grid``, ``when``,
+``overrides`` and ``sizes`` is checked against the recipe(s) it applies to by building the recipe
+with that value applied (``load_recipe(recipe, ["key=value", ...])``) for each choice and each range
+end, so a typo or an impossible value fails before any trial starts.
 
 Two ways to generate trials:
 - ``sampler.type: tpe | random``: Optuna samples ``space`` (``float``/``int`` ranges, ``categorical``
   choices, ``when`` conditions) for ``n_trials`` trials.
-- ``sampler.type: grid`` (ablations): the ``grid`` list of override sets, crossed with the choices of
-  every ``categorical``/``int`` param in ``space`` (conditions respected), crossed with ``seeds``. Each
-  resulting cell is enqueued in the study exactly once when the study is created.
+- ``sampler.type: grid`` (ablations): the ``grid`` list of override sets (each may name its own
+  ``recipe:``), crossed with the choices of every ``categorical``/``int`` param in ``space``
+  (conditions read the cell's recipe), crossed with ``seeds``. Each resulting cell is enqueued in the
+  study exactly once when the study is created.
 """
 
 from __future__ import annotations
@@ -21,220 +24,53 @@ import dataclasses
 import difflib
 import itertools
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
+from omegaconf import OmegaConf
 
-from mosaics_lab import constants as C
-from mosaics_lab.config import typed_yaml
 from mosaics_lab.config.loader import RecipeError, flatten, load_recipe, parse_overrides, recipe_to_dict
+from mosaics_lab.sweeps.schema import (
+    CELL_ATTR,
+    RECIPE_KEY,
+    SEED_KEY,
+    ObjectiveSpec,
+    ParamSpec,
+    PrunerSpec,
+    SamplerSpec,
+    SweepError,
+    SweepSpec,
+    check_modes,
+    encode_choice,
+    expansion,
+    format_override,
+    is_finite,
+    load_sweep_spec,
+    range_values,
+)
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
-PARAM_TYPES = ("float", "int", "categorical")
-DIRECTIONS = ("minimize", "maximize")
-OBJECTIVE_VALUES = ("final", "best")
-SEED_KEY = "seed"  # the recipe's top-level seed, the key `seeds:` sets
-CELL_ATTR = "cell"  # trial user attribute: index of the grid cell the trial runs
-RECIPE_KEY = "recipe"  # a grid cell's own recipe; also the Optuna param recording it
-
-
-class SweepError(typed_yaml.ConfigFileError):
-    """A sweep file (or sweep command) that cannot be used as written; the message says what to change."""
-
-
-@dataclass
-class ObjectiveSpec:
-    metric: str = C.VAL_LOSS  # a tag from constants.OBJECTIVE_METRICS
-    direction: str = "minimize"  # minimize | maximize
-    value: str = "final"  # final: the last logged value; best: the best value over the run
-
-    def __post_init__(self) -> None:
-        if self.metric.startswith("eval/"):
-            # The launcher reads a trial's objective from the metrics.jsonl its training writes;
-            # `mosaics-lab eval` runs after training and writes eval/<task>.json, never that file.
-            raise SweepError(
-                f"objective.metric {self.metric!r}: eval/... metrics are written by `mosaics-lab eval` "
-                "after training, and a sweep reads its objective from what training logs; optimise one "
-                f"of {', '.join(C.OBJECTIVE_METRICS)} and evaluate the best trials afterwards"
-            )
-        if self.metric not in C.OBJECTIVE_METRICS:
-            raise SweepError(
-                f"objective.metric {self.metric!r} is not a metric a run logs; use one of "
-                f"{', '.join(C.OBJECTIVE_METRICS)}"
-            )
-        _check_choice("objective.direction", self.direction, DIRECTIONS)
-        _check_choice("objective.value", self.value, OBJECTIVE_VALUES)
-
-
-@dataclass
-class SamplerSpec:
-    type: str = "tpe"  # tpe | random | grid
-    seed: int = 0
-    startup_trials: int = 10  # tpe: random trials before the model-based sampling starts
-
-    def __post_init__(self) -> None:
-        _check_choice("sampler.type", self.type, SAMPLERS)
-        if self.startup_trials < 0:
-            raise SweepError(f"sampler.startup_trials must be >= 0, got {self.startup_trials}")
-
-
-@dataclass
-class PrunerSpec:
-    type: str = "median"  # median | hyperband | none
-    warmup_steps: int = 0  # never prune before this global step (hyperband: its min_resource)
-    startup_trials: int = 2  # median: trials with values before pruning starts
-    reduction_factor: int = 3  # hyperband
-
-    def __post_init__(self) -> None:
-        _check_choice("pruner.type", self.type, PRUNERS)
-        if self.warmup_steps < 0 or self.startup_trials < 0:
-            raise SweepError("pruner.warmup_steps and pruner.startup_trials must be >= 0")
-        if self.reduction_factor < 2:
-            raise SweepError(f"pruner.reduction_factor must be >= 2, got {self.reduction_factor}")
-
-
-@dataclass
-class ParamSpec:
-    """One recipe key to vary. ``when`` maps recipe keys to a value (or a list of accepted values):
-    the param is only sampled for trials where every condition holds, e.g.
-    ``when: {model.stm_bandwidth: frozen_alpha}``."""
-
-    type: str = "float"  # float | int | categorical
-    low: Optional[float] = None
-    high: Optional[float] = None
-    log: bool = False
-    step: Optional[float] = None
-    choices: Optional[list[Any]] = None
-    when: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SweepSpec:
-    study: Optional[str] = None  # study name; also the output folder <output_root>/<study>/
-    description: Optional[str] = None  # free text: what the study tests (shown in summary.md)
-    # The recipe every trial starts from (relative to the sweep file); a grid cell may name its own
-    # `recipe:` instead. Required unless every grid cell names one.
-    base_recipe: Optional[str] = None
-    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
-    sampler: SamplerSpec = field(default_factory=SamplerSpec)
-    pruner: PrunerSpec = field(default_factory=PrunerSpec)
-    space: dict[str, ParamSpec] = field(default_factory=dict)  # recipe key -> how to vary it
-    grid: list[dict[str, Any]] = field(default_factory=list)  # override sets (sampler grid)
-    seeds: list[int] = field(default_factory=list)  # crossed with the grid cells (sets `seed`)
-    overrides: dict[str, Any] = field(default_factory=dict)  # fixed recipe keys for every trial
-    # size name -> overrides for every trial, chosen with `--size NAME` (applied after `overrides`,
-    # before the command line's), e.g. {smoke: {train.max_steps: 20}, gpu: {train.max_steps: 5000}}
-    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # A reproduction study's plan (calibration, axis, evaluations, report): read by sweeps/reproduce.py,
-    # ignored by `mosaics-lab sweep`.
-    reproduce: dict[str, Any] = field(default_factory=dict)
-    n_trials: Optional[int] = None  # trials in the study (grid: default all cells)
-    storage: Optional[str] = None  # null: journal file <output_root>/<study>/journal.log; or a DB URL
-    timeout: Optional[float] = None  # seconds after which this launcher starts no new trial
-    output_root: str = "runs"
-    # A trial whose process died (a signal: the OOM killer's SIGKILL, a SIGTERM) is re-enqueued up to
-    # max_retry times and resumes from its own last checkpoint in its own run dir. RDB storages: a
-    # worker that stops heartbeating for grace_period seconds has its trial failed and re-enqueued
-    # the same way by any live worker.
-    heartbeat_interval: int = 60
-    grace_period: Optional[int] = None  # null: 2 x heartbeat_interval
-    max_retry: int = 2
-
-    def __post_init__(self) -> None:
-        if self.n_trials is not None and self.n_trials < 1:
-            raise SweepError(f"n_trials must be >= 1, got {self.n_trials}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise SweepError(f"timeout must be > 0 seconds, got {self.timeout}")
-        if self.heartbeat_interval < 1 or (self.grace_period is not None and self.grace_period < 1):
-            raise SweepError("heartbeat_interval and grace_period must be >= 1 second")
-        if self.max_retry < 0:
-            raise SweepError(f"max_retry must be >= 0, got {self.max_retry}")
-
-
-def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise SweepError(f"{key}: unknown value {value!r}{hint} (choose from {', '.join(allowed)})")
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-
-def _explain(exc: Exception, schema: DictConfig, source: str) -> ValueError:
-    key = str(getattr(exc, "full_key", "") or "?")
-    if isinstance(exc, ConfigKeyError) and key.startswith("space."):
-        leaf = key.rsplit(".", 1)[-1]
-        valid = [f.name for f in dataclasses.fields(ParamSpec)]
-        close = difflib.get_close_matches(leaf, valid, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-        return SweepError(
-            f"{source}: unknown key {leaf!r} in space param {key.rsplit('.', 1)[0][6:]!r}; {hint} "
-            "(space keys are dotted recipe keys, e.g. `train.lr: {type: float, low: 1e-4, high: 1e-2}`)"
-        )
-    if isinstance(exc, TypeError):  # e.g. a mapping where a list is expected
-        return SweepError(f"{source}: {exc} (grid: is a list of mappings, space: a mapping)")
-    return typed_yaml.explain(exc, schema, source, SweepError, "sweep key")
-
-
-def load_sweep_spec(path: str | Path) -> SweepSpec:
-    """Read and type-check a sweep file (no recipe validation yet: see ``resolve_sweep``). Free-form
-    mappings (``space``, ``overrides``, ``sizes``) take dotted recipe keys, checked by resolve_sweep."""
-    path = Path(path)
-    raw = typed_yaml.read_yaml(path, "sweep file", SweepError)  # resolvers refused, as in recipes
-    schema = typed_yaml.structured_schema(SweepSpec)
-    merged = typed_yaml.merge(schema, [(str(path), raw)], lambda exc, src: _explain(exc, schema, src))
-    spec = typed_yaml.to_object(merged, SweepSpec, str(path), SweepError)
-    if not spec.study:
-        raise SweepError(f"{path}: `study:` is required")
-    if not spec.base_recipe and not (spec.grid and all(RECIPE_KEY in g for g in spec.grid)):
-        raise SweepError(
-            f"{path}: `base_recipe:` is required (the recipe every trial starts from), unless every grid "
-            f"cell names its own `{RECIPE_KEY}:`"
-        )
-    if "/" in spec.study or spec.study.startswith("."):
-        raise SweepError(f"{path}: study {spec.study!r} must be a plain name (it names a folder)")
-    return spec
-
-
-# --- values: recipe overrides and Optuna parameter values ------------------------------------------
-
-
-def format_override(key: str, value: Any) -> str:
-    """``key=value`` as the ``train`` command line parses it back to exactly ``value``."""
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (int, float)):
-        text = repr(value)
-    elif isinstance(value, (list, tuple)):
-        text = json.dumps(list(value))  # JSON is YAML flow syntax
-    elif isinstance(value, str):
-        text = value
-        parsed = OmegaConf.from_dotlist([f"x={text}"]).get("x") if text else None
-        if parsed != value:  # e.g. "1", "true", "null": quote so they stay strings
-            text = "'" + value.replace("'", "''") + "'"
-    else:
-        raise SweepError(
-            f"{key}: unsupported value {value!r} (use numbers, strings, booleans, null or lists)"
-        )
-    return f"{key}={text}"
-
-
-def encode_choice(value: Any) -> Any:
-    """Optuna categorical choices must be None/bool/int/float/str: lists travel as JSON text."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value))
+__all__ = [  # the sweep file's names (sweeps.schema), then the resolved sweep's
+    "CELL_ATTR",
+    "RECIPE_KEY",
+    "SEED_KEY",
+    "ObjectiveSpec",
+    "ParamSpec",
+    "PrunerSpec",
+    "SamplerSpec",
+    "SweepError",
+    "SweepSpec",
+    "encode_choice",
+    "format_override",
+    "is_finite",
+    "load_sweep_spec",
+    "Cell",
+    "Sweep",
+    "resolve_sweep",
+    "suggest_values",
+]
 
 
 @dataclass(frozen=True)
@@ -373,53 +209,6 @@ def _load(recipe: Path, sweep_path: Path, where: str, values: Mapping[str, Any])
         raise SweepError(f"{sweep_path}: {where}: {msg}") from exc
 
 
-def _range_values(key: str, p: ParamSpec) -> list[Any]:
-    """The values that stand for a param in validation: each choice, or both ends of the range."""
-    where = f"space.{key}"
-    _check_choice(f"{where}.type", p.type, PARAM_TYPES)
-    if p.type == "categorical":
-        if p.low is not None or p.high is not None or p.step is not None or p.log:
-            raise SweepError(f"{where}: a categorical param takes `choices:` only (no low/high/step/log)")
-        if not p.choices:
-            raise SweepError(f"{where}: `choices:` is empty; list at least one value")
-        for c in p.choices:
-            encode_choice(c)
-        if len({json.dumps(encode_choice(c)) for c in p.choices}) != len(p.choices):
-            raise SweepError(f"{where}: `choices:` lists a value twice")
-        return list(p.choices)
-    if p.choices is not None:
-        raise SweepError(f"{where}: `choices:` needs type: categorical")
-    if p.low is None or p.high is None:
-        raise SweepError(f"{where}: a {p.type} param needs both `low:` and `high:`")
-    if p.low > p.high:
-        raise SweepError(f"{where}: low ({p.low}) > high ({p.high})")
-    if p.log and p.low <= 0:
-        raise SweepError(f"{where}: log: true needs low > 0, got {p.low}")
-    if p.log and p.step is not None:
-        raise SweepError(f"{where}: log: true and step: cannot be combined (Optuna samples one or the other)")
-    if p.step is not None and p.step <= 0:
-        raise SweepError(f"{where}: step must be > 0, got {p.step}")
-    if p.type == "int":
-        for name in ("low", "high", "step"):
-            v = getattr(p, name)
-            if v is not None and not float(v).is_integer():
-                raise SweepError(f"{where}: an int param needs integer {name}, got {v}")
-        return [int(p.low), int(p.high)]
-    return [float(p.low), float(p.high)]
-
-
-def _expansion(key: str, p: ParamSpec) -> list[Any]:
-    """The values a grid sweep enumerates for a space param."""
-    if p.type == "categorical":
-        return list(p.choices or [])
-    if p.type == "int":
-        return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))  # type: ignore[arg-type]
-    raise SweepError(
-        f"space.{key}: sampler grid enumerates categorical and int params only; give `choices:` "
-        "or use sampler.type: tpe / random for a float range"
-    )
-
-
 @dataclass
 class _Row:
     """A cell under construction: its recipe, its recorded label, its values."""
@@ -438,7 +227,7 @@ def _build_cells(sweep: Sweep, entries: list[_Row]) -> list[Cell]:
         expanded: list[_Row] = []
         for row in rows:
             if sweep.condition_holds(p.when, row.values, row.recipe):
-                expanded += [_Row(row.recipe, row.label, {**row.values, key: v}) for v in _expansion(key, p)]
+                expanded += [_Row(row.recipe, row.label, {**row.values, key: v}) for v in expansion(key, p)]
             else:
                 expanded.append(row)
         rows = expanded
@@ -550,7 +339,7 @@ def resolve_sweep(
         size=size,
         base_steps=loaded[recipes[0]].train.total_steps(loaded[recipes[0]].model.block_size),
     )
-    _check_modes(sweep)
+    check_modes(spec, path)
     if spec.seeds and not sweep.is_grid:
         sweep.overrides[SEED_KEY] = spec.seeds[0]
     for key, p in spec.space.items():
@@ -597,7 +386,7 @@ def _validate(sweep: Sweep, entries: list[_Row], recipes: list[Path]) -> list[in
         for k in p.when:
             if k == key:
                 raise SweepError(f"{path}: space.{key}.when: a param cannot be conditioned on itself")
-        for value in _range_values(key, p):
+        for value in range_values(key, p):
             for r in recipes:
                 _load(r, path, f"space.{key}", {**overrides, **cond, key: value})
     entry_steps = []
@@ -608,37 +397,6 @@ def _validate(sweep: Sweep, entries: list[_Row], recipes: list[Path]) -> list[in
         for r in recipes:
             _load(r, path, "seeds", {**overrides, SEED_KEY: spec.seeds[0]})
     return entry_steps
-
-
-def _check_modes(sweep: Sweep) -> None:
-    spec, path = sweep.spec, sweep.path
-    if not sweep.is_grid:
-        if spec.grid:
-            raise SweepError(
-                f"{path}: `grid:` lists fixed ablation cells and needs sampler.type: grid "
-                f"(sampler is {spec.sampler.type!r}); or move these keys into space as categorical params"
-            )
-        if len(spec.seeds) > 1:
-            raise SweepError(
-                f"{path}: `seeds:` with several seeds crosses grid cells and needs sampler.type: grid; "
-                "for tpe/random give one seed or set `seed` in overrides"
-            )
-        if not spec.space:
-            raise SweepError(f"{path}: sampler {spec.sampler.type!r} needs a `space:` to sample")
-    for key, p in spec.space.items():
-        if spec.grid and any(key in g for g in spec.grid):
-            raise SweepError(f"{path}: {key!r} is both in grid and in space; keep it in one of them")
-        order = list(spec.space)
-        for k in p.when:
-            if k in spec.space and order.index(k) > order.index(key):
-                raise SweepError(
-                    f"{path}: space.{key}.when refers to {k!r}, which must be listed before {key!r}"
-                )
-    if spec.seeds and (SEED_KEY in spec.space or any(SEED_KEY in g for g in spec.grid)):
-        raise SweepError(f"{path}: `seed` is set by `seeds:`; do not also vary it in space or grid")
-    for s in spec.seeds:
-        if not isinstance(s, int) or isinstance(s, bool):
-            raise SweepError(f"{path}: seeds must be integers, got {s!r}")
 
 
 def _relpath(p: Path) -> str:
@@ -680,7 +438,3 @@ def suggest_values(trial: Any, sweep: Sweep) -> dict[str, Any]:
             enc = trial.suggest_categorical(key, [encode_choice(c) for c in p.choices or []])
             values[key] = sweep.decode(key, enc)
     return values
-
-
-def is_finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
