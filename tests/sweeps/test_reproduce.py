@@ -135,5 +135,5 @@ def test_a_whole_study_runs_at_smoke_size_and_its_report_renders_again(tmp_path,
     assert main(args) == 0
     assert len(sorted((out / "reproduce_induction").glob("trial-*"))) == 6
     report.unlink()
-    assert main([*args[:5], "--report-only"]) == 0
+    assert main([*args[:6], "--report-only"]) == 0
     assert "Induction heads" in report.read_text()
