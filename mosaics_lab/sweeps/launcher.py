@@ -1,6 +1,6 @@
 """The sweep launcher: it owns the Optuna study; every trial is a ``mosaics-lab train`` subprocess.
 
-Each trial is a normal run of the base recipe with the trial's overrides in
+Each trial is a normal run of its recipe (the base recipe, or its grid cell's) with its overrides in
 ``<output_root>/<study>/trial-<n>/``, so DDP/FSDP trials work unchanged, GPU memory and compile caches
 never leak between trials, and TensorBoard and ``compare`` see trials exactly like single runs.
 
@@ -26,18 +26,17 @@ once whatever the number of workers) and records the RDB heartbeat itself, as ``
 
 The rooms around it: ``storage`` (where the study lives), ``study`` (creating or joining it, the
 fingerprint check, the sampler and pruner), ``workers`` (which launcher runs a trial, dead workers),
-``runfiles`` (what a run leaves on disk: metrics, summary, log). A launcher with nothing left to start
+``trial_process`` (a trial's command line, environment, stop and signals), ``runfiles`` (what a run
+leaves on disk: metrics, summary, log), ``progress`` (the bar and the line per finished trial),
+``optuna_adapter`` (Optuna's private API, pinned by a test). A launcher with nothing left to start
 on a storage with heartbeats waits while other workers' trials run, so it can take over a trial whose
 worker dies.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -67,7 +66,7 @@ from mosaics_lab.sweeps.runfiles import (
     objective_value,
     read_summary,
 )
-from mosaics_lab.sweeps.spec import Sweep, format_override, is_finite, suggest_values
+from mosaics_lab.sweeps.spec import Sweep, is_finite, suggest_values
 from mosaics_lab.sweeps.study import (
     ERROR_ATTR,
     EXIT_ATTR,
@@ -78,30 +77,23 @@ from mosaics_lab.sweeps.study import (
     retry,
     superseded_numbers,
 )
+from mosaics_lab.sweeps.trial_process import (
+    TERM_GRACE_S,
+    default_train_command,
+    request_stop,
+    set_aside,
+    signal_group,
+    terminate,
+    trial_command,
+    trial_env,
+)
 from mosaics_lab.sweeps.workers import reap_dead_trials, worker_id
-from mosaics_lab.training.stopfile import LAUNCHER_ENV, STOP_FILE, launcher_id
+from mosaics_lab.training.stopfile import STOP_FILE
 
 POLL_S = 0.25
 STOP_GRACE_S = 120.0  # a trial asked to stop is terminated if still running after this
-TERM_GRACE_S = 15.0  # ... and killed this long after SIGTERM
 MAX_LAUNCHER_ERRORS = 3  # consecutive launcher-side errors after which a worker thread gives up
 EXIT_INTERRUPTED = 130
-
-
-def default_train_command() -> list[str]:
-    return [sys.executable, "-m", "mosaics_lab.cli", "train"]
-
-
-def _set_aside(run_dir: Path) -> Path | None:
-    """A trial number is new, so an existing non-empty dir is a leftover (e.g. of a deleted study):
-    move it aside rather than mix runs or resume from its checkpoint."""
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return None
-    k = 1
-    while (aside := run_dir.with_name(f"{run_dir.name}.old{k}")).exists():
-        k += 1
-    run_dir.rename(aside)
-    return aside
 
 
 @dataclass
@@ -285,24 +277,6 @@ class Launcher:
 
     # -- one trial --
 
-    def _command(self, recipe: Path, run_dir: Path, values: dict[str, Any]) -> list[str]:
-        overrides = self.sweep.trial_overrides(values)
-        if not any(o.startswith("log.progress_bar=") for o in overrides):
-            overrides.append("log.progress_bar=false")  # its output goes to a file
-        if not any(o.startswith("log.compare_keys=") for o in overrides):
-            # TensorBoard's HPARAMS tab lists the swept keys first; the run name shows their values
-            overrides.append(format_override("log.compare_keys", list(values)))
-        return [*self.train_command, str(recipe), *overrides, f"log.run_dir={run_dir}"]
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env[LAUNCHER_ENV] = launcher_id()
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        if self.jobs > 1 and "OMP_NUM_THREADS" not in env:
-            # K trials share the CPU: without this each would start one thread per core.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        return env
-
     def _inherited_run_dir(self, trial: optuna.Trial) -> Path | None:
         """A retry runs in the run dir of the trial it retries, so the run resumes from that trial's
         last checkpoint instead of step 0."""
@@ -320,7 +294,7 @@ class Launcher:
         run_dir = self._inherited_run_dir(trial)
         if run_dir is None:
             run_dir = self.out_dir / f"trial-{trial.number:04d}"
-            aside = _set_aside(run_dir)
+            aside = set_aside(run_dir)
             if aside is not None:
                 self._say(
                     f"trial {trial.number}: {run_dir} already existed (not from this study); moved to {aside}"
@@ -333,17 +307,17 @@ class Launcher:
         # the launcher's terminal, where the bar and one line per finished trial say how it goes.
         with open(run_dir / TRIAL_LOG, "wb") as out:
             proc = subprocess.Popen(
-                self._command(recipe, run_dir, values),
+                trial_command(self.train_command, self.sweep, recipe, run_dir, values),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self._env(),
+                env=trial_env(self.jobs),
                 start_new_session=True,  # Ctrl-C reaches the launcher only; it decides what the trial does
             )
             try:
                 code, series, stop_reason = self._watch(trial, proc, run_dir)
             finally:
                 if proc.poll() is None:  # the launcher itself is failing: do not leave the run behind
-                    _terminate(proc)
+                    terminate(proc)
         outcome = self._finish(trial, run_dir, code, series, stop_reason)
         outcome.wall_s = time.monotonic() - started
         return outcome
@@ -374,34 +348,28 @@ class Launcher:
                         # Another worker failed this trial (our heartbeat lapsed) and re-enqueued it.
                         stop_reason = "superseded"
                     if stop_reason is not None:
-                        self._request_stop(run_dir, stop_reason)
+                        request_stop(run_dir, stop_reason)
                         stop_at = time.monotonic()
             if code is not None:
                 return code, series, stop_reason
             now = time.monotonic()
             if stop_reason is None and self.interrupt.is_set():
                 stop_reason = "interrupted"
-                self._request_stop(run_dir, stop_reason)
+                request_stop(run_dir, stop_reason)
                 stop_at = now
             if (
                 stop_reason is not None
                 and not term_at
                 and (self.kill.is_set() or now - stop_at > STOP_GRACE_S)
             ):
-                _signal_group(proc, signal.SIGTERM)
+                signal_group(proc, signal.SIGTERM)
                 term_at = now
             if term_at and now - term_at > TERM_GRACE_S:
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
             if self._heartbeat and now >= next_beat:
                 record_heartbeat(self.study, trial)
                 next_beat = now + self.sweep.spec.heartbeat_interval
             time.sleep(POLL_S)
-
-    @staticmethod
-    def _request_stop(run_dir: Path, reason: str) -> None:
-        tmp = run_dir / f".{STOP_FILE}.tmp"
-        tmp.write_text(reason + "\n")
-        os.replace(tmp, run_dir / STOP_FILE)
 
     def _finish(
         self,
@@ -465,17 +433,3 @@ class Launcher:
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)  # the run's whole group: Lightning's DDP workers included
-
-
-def _terminate(proc: subprocess.Popen) -> None:
-    _signal_group(proc, signal.SIGTERM)
-    try:
-        proc.wait(TERM_GRACE_S)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
