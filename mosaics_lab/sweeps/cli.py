@@ -7,6 +7,7 @@ import argparse
 import shlex
 import sys
 import warnings
+from typing import Any
 
 SWEEP_EPILOG = """\
 examples:
@@ -92,8 +93,8 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace) -> int:
     import optuna
 
-    from mosaics_lab.sweeps.launcher import Launcher, default_train_command
-    from mosaics_lab.sweeps.report import status_text, write_report
+    from mosaics_lab.sweeps.launcher import default_train_command
+    from mosaics_lab.sweeps.report import status_text
     from mosaics_lab.sweeps.spec import SweepError, load_sweep_spec, resolve_sweep
     from mosaics_lab.sweeps.storage import JOURNAL_FILE, make_storage, storage_label
     from mosaics_lab.sweeps.study import open_study
@@ -128,27 +129,56 @@ def _run_sweep(args: argparse.Namespace) -> int:
             f"{args.sweep}: sampler {spec.sampler.type!r} needs a budget: set n_trials (or timeout) in the "
             "file, or pass --n-trials N"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(sweep, make_storage(sweep, out_dir))
     command = shlex.split(args.train_command) if args.train_command else default_train_command()
     print(f"sweep {sweep.study!r}: storage {storage_name}; trials in {out_dir}", flush=True)
-    launcher = Launcher(
-        sweep=sweep,
-        study=study,
-        out_dir=out_dir,
+    code, study, written = launch(
+        sweep,
         jobs=args.jobs,
         n_trials=n_trials,
         timeout=args.timeout or spec.timeout,
         train_command=command,
-        log=lambda msg: print(f"[{sweep.study}] {msg}", flush=True),
         quiet=args.quiet,
-        bar=not args.quiet and sys.stderr.isatty(),  # a bar for a person watching, nothing in logs
     )
-    code = launcher.run()
-    written = write_report(study, sweep, out_dir, storage_name)
     sys.stdout.write("\n" + status_text(study, sweep, storage_name))
     plots = ", ".join(p.name for p in written["plots"]) or "none"
     print(f"\nwrote {written['md']}, {written['csv']}; plots: {plots}", flush=True)
+    return code
+
+
+def launch(
+    sweep: Any,
+    *,
+    jobs: int = 1,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    train_command: list[str] | None = None,
+    quiet: bool = False,
+) -> tuple[int, Any, dict[str, Any]]:
+    """Open (or join) the resolved ``sweep``'s study and run its trials; write its summary and plots.
+    Returns (exit code, the optuna study, what ``report.write_report`` wrote). Used by `sweep` and
+    by `reproduce`, so a reproduction's sweeps run exactly as `mosaics-lab sweep` runs a file."""
+    from mosaics_lab.sweeps.launcher import Launcher, default_train_command
+    from mosaics_lab.sweeps.report import write_report
+    from mosaics_lab.sweeps.storage import make_storage, storage_label
+    from mosaics_lab.sweeps.study import open_study
+
+    out_dir = sweep.output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(sweep, make_storage(sweep, out_dir))
+    launcher = Launcher(
+        sweep=sweep,
+        study=study,
+        out_dir=out_dir,
+        jobs=jobs,
+        n_trials=n_trials,
+        timeout=timeout,
+        train_command=train_command or default_train_command(),
+        log=lambda msg: print(f"[{sweep.study}] {msg}", flush=True),
+        quiet=quiet,
+        bar=not quiet and sys.stderr.isatty(),  # a bar for a person watching, nothing in logs
+    )
+    code = launcher.run()
+    written = write_report(study, sweep, out_dir, storage_label(out_dir, sweep.spec.storage))
     for err in launcher.errors:
         print(f"mosaics-lab: launcher error: {err}", file=sys.stderr)
-    return code
+    return code, study, written

@@ -217,40 +217,20 @@ def size_overrides(spec: SweepSpec, size: str) -> list[str]:
 def run_sweep_spec(
     path: Path, spec: SweepSpec, size: str, overrides: list[str], jobs: int, quiet: bool
 ) -> int:
-    """Run (or continue) one sweep of the study, as `mosaics-lab sweep FILE --size SIZE` runs a file:
-    its own storage under <output_root>/<study>/, a training subprocess per trial, the sweep's
-    summary and plots."""
+    """Run (or continue) one sweep of the study exactly as `mosaics-lab sweep FILE --size SIZE` runs
+    a file: its own storage under <output_root>/<study>/, a training subprocess per trial, the
+    sweep's summary and plots, a progress bar (unless quiet)."""
     import warnings
 
     import optuna
 
-    from mosaics_lab.sweeps.launcher import Launcher, default_train_command
-    from mosaics_lab.sweeps.report import write_report
+    from mosaics_lab.sweeps.cli import launch
     from mosaics_lab.sweeps.spec import resolve_sweep
-    from mosaics_lab.sweeps.storage import make_storage, storage_label
-    from mosaics_lab.sweeps.study import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sweep = resolve_sweep(path, overrides, spec=spec, size=size)
-    out_dir = sweep.output_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(sweep, make_storage(sweep, out_dir))
-    launcher = Launcher(
-        sweep=sweep,
-        study=study,
-        out_dir=out_dir,
-        jobs=jobs,
-        n_trials=None,
-        timeout=None,
-        train_command=default_train_command(),
-        log=(lambda msg: None) if quiet else (lambda msg: print(f"[{sweep.study}] {msg}", flush=True)),
-    )
-    code = launcher.run()
-    write_report(study, sweep, out_dir, storage_label(out_dir, spec.storage))
-    for err in launcher.errors:
-        print(f"mosaics-lab: launcher error: {err}", file=sys.stderr)
-    return code
+    return launch(sweep, jobs=jobs, quiet=quiet)[0]
 
 
 def evaluate_trials(study_dir: Path, rep: ReproduceSpec, size: str, source: Path, quiet: bool) -> list[str]:
