@@ -142,9 +142,7 @@ def test_each_answer_is_the_value_its_key_was_bound_to_earlier_in_the_context(ra
 
 def test_queries_are_not_in_context_order_but_lean_towards_it():
     task = MQAR(**ZOOLOGY)
-    in_order = [
-        bool(np.all(np.diff(_parse(task, ex)[2]) > 0)) for ex in task.examples("train", 300, seed=1)
-    ]
+    in_order = [bool(np.all(np.diff(_parse(task, ex)[2]) > 0)) for ex in task.examples("train", 300, seed=1)]
     assert not all(in_order)  # the queries are not sorted by their keys' context position
     slots = np.stack([_parse(task, ex)[2] for ex in task.examples("train", 300, seed=2)])
     # ... but key 1 is sampled first, so it lands nearer the context than key 16 on average.
