@@ -301,3 +301,35 @@ def test_hyperband_prunes_on_the_recipes_step_budget(tmp_path):
     pruner = build_pruner(sweep)
     assert type(pruner).__name__ == "HyperbandPruner"
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (10, 90, 3)
+
+
+def test_rdb_a_dead_worker_on_another_host_is_retried_after_its_heartbeat_lapses(tmp_path, ledger):
+    # Its pid cannot be checked from here: only the heartbeat tells (Optuna wraps an RDBStorage in
+    # its _CachedStorage, so heartbeats were once never sent nor checked).
+    from mosaics_lab.sweeps import optuna_adapter
+    from mosaics_lab.sweeps.spec import resolve_sweep
+    from mosaics_lab.sweeps.storage import make_storage
+    from mosaics_lab.sweeps.study import open_study
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = write_sweep(
+        tmp_path,
+        sampler={"type": "grid"},
+        pruner={"type": "none"},
+        grid=[{"train.lr": 0.001}, {"train.lr": 0.002}],
+        storage=db,
+        heartbeat_interval=1,
+        grace_period=2,
+    )
+    out = tmp_path / "runs"
+    sweep = resolve_sweep(path)
+    study = open_study(sweep, make_storage(sweep, out / "s"))
+    first = study.get_trials(deepcopy=False)[0]
+    claimed = optuna_adapter.claim_waiting(study, [first])  # a worker elsewhere takes cell 0 ...
+    claimed.set_user_attr(WORKER_ATTR, "elsewhere:123:456")
+    optuna_adapter.record_heartbeat(study, claimed)  # ... and dies after one heartbeat
+    assert run_sweep(path, out) == 0
+    trials = load_trials(out, storage=db)
+    assert trials[0].state == TrialState.FAIL
+    assert sorted(t.params["train.lr"] for t in live_trials(trials)) == [0.001, 0.002]
+    assert all(t.state == TrialState.COMPLETE for t in live_trials(trials))
