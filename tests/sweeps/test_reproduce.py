@@ -20,7 +20,7 @@ from mosaics_lab.sweeps.reproduce import (
     size_overrides,
     study_path,
 )
-from mosaics_lab.sweeps.spec import SweepError, load_sweep_spec
+from mosaics_lab.sweeps.spec import SweepError, load_sweep_spec, resolve_sweep
 from tests.conftest import REPO
 
 STUDIES = sorted(p.stem for p in (REPO / STUDY_DIR).glob("*.yaml"))
@@ -44,6 +44,24 @@ def test_every_study_has_its_plan_sizes_and_seeds(name):
     if rep.axis is not None:
         assert set(rep.axis.values) == set(spec.sizes) == set(rep.axis.calibrate_at)
     assert rep.evaluate and rep.title
+
+
+@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("size", ["smoke", "cpu", "gpu"])
+def test_every_size_of_every_study_builds_every_recipe(name, size, monkeypatch):
+    """Each size's overrides (e.g. induction's 32-token cpu size) are valid for every cell's recipe."""
+    monkeypatch.chdir(REPO)
+    sweep = resolve_sweep(STUDY_DIR / f"{name}.yaml", size=size)
+    assert sweep.size == size and sweep.total_steps > 0
+
+
+def test_the_induction_cpu_size_trains_where_the_baseline_learns():
+    """reports/icl_baselines.md: at CPU budgets the llama escapes its plateau at 32 tokens, batch 128."""
+    spec = load_sweep_spec(REPO / STUDY_DIR / "induction.yaml")
+    cpu = spec.sizes["cpu"]
+    assert cpu["model.block_size"] == cpu["data.generate_args.seq_len"] == 32
+    assert cpu["train.global_batch_size"] >= 128
+    assert spec.sizes["gpu"].get("model.block_size", spec.overrides["model.block_size"]) == 256
 
 
 def test_calibration_runs_every_value_on_the_first_seed_at_one_axis_point():
