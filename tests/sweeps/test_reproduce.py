@@ -47,12 +47,12 @@ def test_every_study_has_its_plan_sizes_and_seeds(name):
 
 
 @pytest.mark.parametrize("name", STUDIES)
-@pytest.mark.parametrize("size", ["smoke", "cpu", "gpu"])
-def test_every_size_of_every_study_builds_every_recipe(name, size, monkeypatch):
-    """Each size's overrides (e.g. induction's 32-token cpu size) are valid for every cell's recipe."""
+def test_every_size_of_every_study_builds_every_recipe(name, monkeypatch):
+    """resolve_sweep builds every cell's recipe under every size's overrides (e.g. induction's
+    32-token cpu size), so a bad size fails here rather than hours into a study."""
     monkeypatch.chdir(REPO)
-    sweep = resolve_sweep(STUDY_DIR / f"{name}.yaml", size=size)
-    assert sweep.size == size and sweep.total_steps > 0
+    sweep = resolve_sweep(STUDY_DIR / f"{name}.yaml", size="cpu")
+    assert sweep.size == "cpu" and sweep.total_steps > 0
 
 
 def test_the_induction_cpu_size_trains_where_the_baseline_learns():
