@@ -62,6 +62,7 @@ class ReportSpec:
     evals: list[str] = field(default_factory=list)  # eval names (eval/<name>.json) in the tables
     gate: Gate = field(default_factory=Gate)
     notes: str = ""  # what the study's set-up differs in from the paper's, and why
+    reading: str = ""  # what this size's measured numbers show, and the verdict on the claim
 
 
 # --- collecting ----------------------------------------------------------------------------------
@@ -315,6 +316,7 @@ def render(results: Mapping[str, Any], spec: ReportSpec, figures: Sequence[Path]
         lines += [f"- {_label({k: r[k] for k in spec.group_by})}: {r['gate']}" for r in unlearned] + [""]
     for fig in figures:
         lines += [f"![{fig.stem}]({fig.name})", ""]
+    lines += ["## What the numbers show", "", spec.reading or "Not written yet for this size.", ""]
     if spec.published:
         lines += ["## Published", "", spec.published, ""]
     if spec.notes:

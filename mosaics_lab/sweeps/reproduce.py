@@ -37,7 +37,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mosaics_lab.sweeps.spec import SweepError, SweepSpec, format_override, load_sweep_spec
+from mosaics_lab.sweeps.spec import SweepError, SweepSpec, at_size, format_override, load_sweep_spec
 
 STUDY_DIR = Path("sweeps/reproduce")
 REPORT_DIR = Path("reports")
@@ -84,6 +84,9 @@ class ReproduceSpec:
     claim: str = ""
     published: str = ""
     notes: str = ""
+    # size -> what that size's measured numbers show and the verdict on the claim, written after the
+    # run and rendered as the report's "What the numbers show" (empty: the section says none yet)
+    reading: dict[str, str] = field(default_factory=dict)
     calibrate: str = "train.lr"  # a categorical `space` key, searched on the first seed
     group_by: list[str] = field(default_factory=lambda: ["model.arch"])
     axis: Optional[AxisSpec] = None
@@ -191,11 +194,13 @@ def choose(
 
 def _run_matches(recipe: dict[str, Any], cell: dict[str, Any], source: Path) -> bool:
     """Whether a run (its flattened recipe) ran grid cell ``cell`` of the study file ``source``."""
-    from mosaics_lab.sweeps.spec import RECIPE_KEY
+    from mosaics_lab.sweeps.spec import RECIPE_KEY, SIZES_KEY
 
     for key, value in cell.items():
-        if key == RECIPE_KEY:
-            continue  # the recipe's own keys (name, arch) and the others below tell the cells apart
+        if key in (RECIPE_KEY, SIZES_KEY):
+            # the recipe's own keys (name, arch) and the others below tell the cells apart; a cell's
+            # per-size values are matched once `at_size` has merged them (reproduce does)
+            continue
         if recipe.get(key) != value:
             return False
     want = cell.get(RECIPE_KEY)
@@ -268,7 +273,7 @@ def evaluate_trials(study_dir: Path, rep: ReproduceSpec, size: str, source: Path
     return failures
 
 
-def report_spec(rep: ReproduceSpec) -> Any:
+def report_spec(rep: ReproduceSpec, size: str) -> Any:
     from mosaics_lab.analysis.study import Gate, ReportSpec
     from mosaics_lab.evaluation.runner import eval_name
 
@@ -278,6 +283,7 @@ def report_spec(rep: ReproduceSpec) -> Any:
         claim=rep.claim,
         published=rep.published,
         notes=rep.notes,
+        reading=rep.reading.get(size, ""),
         group_by=group_by,
         select=rep.calibrate,
         evals=list(dict.fromkeys(eval_name(j.task, j.ablate) for j in rep.evaluate)),
@@ -300,9 +306,10 @@ def reproduce(args: argparse.Namespace) -> int:
     rep = parse_reproduce(dict(spec.reproduce or {}), str(source))
     if args.size not in spec.sizes:
         raise SweepError(f"{source}: no size {args.size!r}; sizes: {', '.join(spec.sizes) or 'none'}")
+    spec = at_size(spec, args.size)  # each cell's own values at this size join the cell
     out_root = Path(args.out or spec.output_root)
     spec.output_root = str(out_root)
-    rspec = report_spec(rep)
+    rspec = report_spec(rep, args.size)
     out_md = report_path(spec.study, args.size, out_root)  # type: ignore[arg-type]
     if args.report_only:
         stored = out_md.with_name(f"{out_md.stem}_results.json")

@@ -28,6 +28,7 @@ OBJECTIVE_VALUES = ("final", "best")
 SEED_KEY = "seed"  # the recipe's top-level seed, the key `seeds:` sets
 CELL_ATTR = "cell"  # trial user attribute: index of the grid cell the trial runs
 RECIPE_KEY = "recipe"  # a grid cell's own recipe; also the Optuna param recording it
+SIZES_KEY = "sizes"  # a grid cell's own values per size ({size: {key: value}}), merged by `at_size`
 
 
 class SweepError(typed_yaml.ConfigFileError):
@@ -186,7 +187,45 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         )
     if "/" in spec.study or spec.study.startswith("."):
         raise SweepError(f"{path}: study {spec.study!r} must be a plain name (it names a folder)")
+    for i, g in enumerate(spec.grid):
+        per_size = g.get(SIZES_KEY)
+        if per_size is None:
+            continue
+        if not isinstance(per_size, dict) or not all(isinstance(v, dict) for v in per_size.values()):
+            raise SweepError(
+                f"{path}: grid[{i}].{SIZES_KEY}: give a mapping of size name -> dotted recipe keys, e.g. "
+                f"`{SIZES_KEY}: {{cpu: {{model.stm_window: 8}}}}`"
+            )
+        for name, values in per_size.items():
+            if name not in spec.sizes:
+                close = difflib.get_close_matches(str(name), list(spec.sizes), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise SweepError(
+                    f"{path}: grid[{i}].{SIZES_KEY}.{name}: no such size in `sizes:`{hint} "
+                    f"(sizes: {', '.join(spec.sizes) or 'none'})"
+                )
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    raise SweepError(
+                        f"{path}: grid[{i}].{SIZES_KEY}.{name}.{key}: give dotted keys "
+                        f"(e.g. {key}.name: value), not a mapping"
+                    )
     return spec
+
+
+def at_size(spec: SweepSpec, size: str | None) -> SweepSpec:
+    """``spec`` with each grid cell's ``sizes.<size>`` values merged into the cell (they win over the
+    cell's own values) and every cell's ``sizes:`` dropped; ``size`` None drops them only. A size's
+    values for one architecture's cell (e.g. mosaic_v2's windows at a shorter context) live here,
+    where the file's ``sizes:`` would apply them to every recipe."""
+    if not any(SIZES_KEY in g for g in spec.grid):
+        return spec
+    grid = []
+    for g in spec.grid:
+        per_size = g.get(SIZES_KEY) or {}
+        cell = {k: v for k, v in g.items() if k != SIZES_KEY}
+        grid.append({**cell, **((per_size.get(size) or {}) if size is not None else {})})
+    return dataclasses.replace(spec, grid=grid)
 
 
 # --- values: recipe overrides and Optuna parameter values ------------------------------------------

@@ -13,8 +13,9 @@ Two ways to generate trials:
 - ``sampler.type: tpe | random``: Optuna samples ``space`` (``float``/``int`` ranges, ``categorical``
   choices, ``when`` conditions) for ``n_trials`` trials.
 - ``sampler.type: grid`` (ablations): the ``grid`` list of override sets (each may name its own
-  ``recipe:``), crossed with the choices of every ``categorical``/``int`` param in ``space``
-  (conditions read the cell's recipe), crossed with ``seeds``. Each resulting cell is enqueued in the
+  ``recipe:`` and carry its own values per size, ``sizes: {cpu: {...}}``: see ``at_size``),
+  crossed with the choices of every ``categorical``/``int`` param in ``space`` (conditions read the
+  cell's recipe), crossed with ``seeds``. Each resulting cell is enqueued in the
   study exactly once when the study is created.
 """
 
@@ -37,12 +38,14 @@ from mosaics_lab.sweeps.schema import (
     CELL_ATTR,
     RECIPE_KEY,
     SEED_KEY,
+    SIZES_KEY,
     ObjectiveSpec,
     ParamSpec,
     PrunerSpec,
     SamplerSpec,
     SweepError,
     SweepSpec,
+    at_size,
     check_modes,
     encode_choice,
     expansion,
@@ -56,6 +59,7 @@ __all__ = [  # the sweep file's names (sweeps.schema), then the resolved sweep's
     "CELL_ATTR",
     "RECIPE_KEY",
     "SEED_KEY",
+    "SIZES_KEY",
     "ObjectiveSpec",
     "ParamSpec",
     "PrunerSpec",
@@ -66,6 +70,7 @@ __all__ = [  # the sweep file's names (sweeps.schema), then the resolved sweep's
     "format_override",
     "is_finite",
     "load_sweep_spec",
+    "at_size",
     "Cell",
     "Sweep",
     "resolve_sweep",
@@ -311,6 +316,12 @@ def resolve_sweep(
     path = Path(path)
     spec = spec or load_sweep_spec(path)
     base = _recipe_path(path, spec.base_recipe, "base_recipe") if spec.base_recipe else None
+    per_size_cells = [
+        (i, {k: v for k, v in g.items() if k not in (RECIPE_KEY, SIZES_KEY)}, g[SIZES_KEY])
+        for i, g in enumerate(spec.grid)
+        if g.get(SIZES_KEY)
+    ]
+    spec = at_size(spec, size)  # the cells' own `sizes:` values for this size (checked for all below)
     try:
         cli = OmegaConf.to_container(parse_overrides(list(extra_overrides)))
     except RecipeError as exc:
@@ -353,6 +364,11 @@ def resolve_sweep(
                 "has eval.batches: 0; set eval.batches in `overrides:` or optimise train/loss"
             )
     entry_steps = _validate(sweep, entries, recipes) if validate else []
+    if validate:  # every size's values of every cell, not only this size's
+        for i, own, per_size in per_size_cells:
+            for name, values in per_size.items():
+                at = {**dict(spec.overrides), **dict(spec.sizes[name]), **own, **values}
+                _load(entries[i].recipe, path, f"grid[{i}].{SIZES_KEY}.{name}", at)
     if sweep.is_grid:
         sweep.cells = _build_cells(sweep, entries)
         choices: dict[str, list[Any]] = {}

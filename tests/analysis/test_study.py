@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -104,3 +105,12 @@ def test_the_report_renders_again_from_its_stored_results_alone(tmp_path):
     assert written["figures"][0].stat().st_size > 1000
     out.unlink()
     assert render(stored, SPEC, written["figures"]) == text
+
+
+def test_the_report_says_what_its_numbers_show_or_that_nobody_has_written_it():
+    text = render(results(), SPEC)
+    assert "## What the numbers show\n\nNot written yet for this size." in text
+    read = dataclasses.replace(SPEC, reading="mosaic_v1 holds 1.0 to 16x: **reproduced**.")
+    text = render(results(), read)
+    assert "## What the numbers show\n\nmosaic_v1 holds 1.0 to 16x: **reproduced**." in text
+    assert text.index("What the numbers show") < text.index("## Calibration")

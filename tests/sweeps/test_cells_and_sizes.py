@@ -259,6 +259,62 @@ def test_bad_sizes_fail_clearly(tmp_path, capsys, fields, extra, expected):
         assert text in err, err
 
 
+def test_a_cells_own_size_values_join_that_cell_only_at_that_size(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        sampler={"type": "grid"},
+        grid=[
+            {RECIPE_KEY: str(LLAMA), "model.n_kv_head": 4, "sizes": {"cpu": {"model.n_kv_head": 2}}},
+            {"train.lr": 0.001},
+        ],
+        sizes=SIZES,
+    )
+    cpu, smoke, none = (resolve_sweep(path, size=s) for s in ("cpu", "smoke", None))
+    assert [c.values.get("model.n_kv_head") for c in cpu.cells] == [2, None]
+    assert [c.values.get("model.n_kv_head") for c in smoke.cells] == [4, None]
+    assert [c.values.get("model.n_kv_head") for c in none.cells] == [4, None]
+    assert all("sizes" not in c.params for sweep in (cpu, smoke, none) for c in sweep.cells)
+    assert cpu.overrides["train.max_steps"] == 8, "the file's sizes still apply to every cell"
+
+
+def test_the_trials_command_line_gets_its_cells_size_values(tmp_path, ledger):
+    path = write_sweep(
+        tmp_path,
+        sampler={"type": "grid"},
+        pruner={"type": "none"},
+        grid=[{"train.lr": 0.001, "sizes": {"smoke": {"train.lr": 0.002}}}],
+        sizes=SIZES,
+    )
+    assert run_sweep(path, tmp_path / "runs", "--size", "smoke") == 0
+    (start,) = [e for e in read_ledger(ledger) if e["event"] == "start"]
+    assert start["params"]["train.lr"] == "0.002"
+
+
+@pytest.mark.parametrize(
+    ("cell_sizes", "expected"),
+    [
+        ({"gpu": {"train.lr": 0.1}}, ["grid[0].sizes.gpu: no such size", "sizes: smoke, cpu"]),
+        ({"cpus": {"train.lr": 0.1}}, ["grid[0].sizes.cpus", "did you mean 'cpu'"]),
+        ({"cpu": 3}, ["grid[0].sizes: give a mapping of size name"]),
+        ({"cpu": {"train": {"lr": 0.1}}}, ["grid[0].sizes.cpu.train: give dotted keys"]),
+        # a typo in a size that is not chosen still fails: every size of every cell is checked
+        ({"cpu": {"train.lrr": 0.1}}, ["grid[0].sizes.cpu", "did you mean 'train.lr'"]),
+    ],
+)
+def test_bad_cell_sizes_fail_clearly(tmp_path, capsys, cell_sizes, expected):
+    err = error_text(
+        tmp_path,
+        capsys,
+        "--size",
+        "smoke",
+        sampler={"type": "grid"},
+        grid=[{"train.lr": 0.001, "sizes": cell_sizes}],
+        sizes=SIZES,
+    )
+    for text in expected:
+        assert text in err, err
+
+
 def test_a_study_opened_with_one_size_refuses_another(tmp_path, ledger, capsys):
     path = write_sweep(tmp_path, sampler={"type": "grid"}, grid=[{"train.lr": 0.001}], sizes=SIZES)
     out = tmp_path / "runs"
