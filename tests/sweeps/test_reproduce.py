@@ -64,6 +64,26 @@ def test_the_induction_cpu_size_trains_where_the_baseline_learns():
     assert spec.sizes["gpu"].get("model.block_size", spec.overrides["model.block_size"]) == 256
 
 
+@pytest.mark.parametrize("name", STUDIES)
+def test_mosaic_v2_windows_stay_below_the_training_context_at_cpu_and_gpu_sizes(name, monkeypatch):
+    """With the STM window as long as the training context, the STM alone solves the task in
+    training and the LTM never has to learn it: on induction at 32 tokens with the recipe's h = 32,
+    0.55 at 2x and 0.14 at 16x, where h = 8 holds 1.0 to 16x (reports/induction.md)."""
+    from mosaics_lab.config.loader import load_recipe
+    from mosaics_lab.sweeps.spec import format_override
+
+    monkeypatch.chdir(REPO)
+    for size in ("cpu", "gpu"):
+        sweep = resolve_sweep(STUDY_DIR / f"{name}.yaml", size=size, validate=False)
+        for cell in sweep.cells:
+            values = {**sweep.overrides, **cell.values}
+            model = load_recipe(cell.recipe, [format_override(k, v) for k, v in values.items()]).model
+            if model.arch != "mosaic_v2":
+                continue
+            assert model.stm_window < model.block_size, (size, cell.index, model.stm_window, model.block_size)
+            assert max(model.ltm_delay_train) <= model.stm_window and model.ltm_delay_eval < model.stm_window
+
+
 def test_calibration_runs_every_value_on_the_first_seed_at_one_axis_point():
     path = REPO / STUDY_DIR / "mqar.yaml"
     spec = load_sweep_spec(path)
