@@ -109,9 +109,13 @@ def run_record(run: Run, group_by: Sequence[str], select: str) -> dict[str, Any]
     }
 
 
-def collect(study_dir: Path, spec: ReportSpec, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The results record of every run below ``study_dir`` (trial dirs of the study's sweep)."""
-    runs = load_runs(discover_runs([str(study_dir)]))
+def collect(
+    study_dirs: Path | Sequence[Path], spec: ReportSpec, meta: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The results record of every run below ``study_dirs`` (trial dirs of the study's sweep, and any
+    run dir named directly, e.g. a reused calibration run)."""
+    dirs = [study_dirs] if isinstance(study_dirs, Path) else list(study_dirs)
+    runs = load_runs(discover_runs([str(p) for p in dirs]))
     return {
         "version": RESULTS_VERSION,
         "meta": dict(meta or {}),
@@ -298,7 +302,13 @@ def render(results: Mapping[str, Any], spec: ReportSpec, figures: Sequence[Path]
         "",
         f"**Protocol.** Every row: the same budget, the same search over `{spec.select}` (the value with the "
         "lowest mean final validation loss over seeds is kept; calibration table below), the same seeds; "
-        "parameter counts in the table; evaluations on the test split; mean +- sample std over seeds.",
+        "parameter counts in the table; evaluations on the test split; mean +- sample std over seeds."
+        + (
+            " The first seed's run at the kept value is its calibration run (the same recipe, seed and"
+            " budget), reused rather than trained twice."
+            if meta.get("reused")
+            else ""
+        ),
         "",
         "## Results",
         "",

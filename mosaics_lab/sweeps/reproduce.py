@@ -9,9 +9,13 @@ than one sitting continues where it stopped when the same command is run again:
 1. calibrate: the grid's cells x every value of ``calibrate`` (the learning rate), on the first seed,
    at one point of the axis (``axis.calibrate_at``), as study ``<study>-calibrate``;
 2. main: each cell at its calibrated value (lowest final ``val/loss``, the validation split), x every
-   axis value (a budget, a number of training languages), x every seed, as study ``<study>``;
-3. evaluate: every completed main trial on each ``evaluate`` entry (test split; ``ablate`` removes a
-   memory at evaluation), written into the trial's run dir (``eval/<name>.json``);
+   axis value (a budget, a number of training languages), x every seed, as study ``<study>``; the
+   first seed at the calibration point is the calibration run at that value itself (same recipe,
+   same seed, same budget: training it again gave the same numbers bit for bit), so it is reused,
+   not retrained;
+3. evaluate: every completed main trial (and reused calibration run) on each ``evaluate`` entry
+   (test split; ``ablate`` removes a memory at evaluation), written into the trial's run dir
+   (``eval/<name>.json``);
 4. report: ``reports/<study>.md`` + PNGs + ``<study>_results.json`` (``analysis.study``), from the
    run dirs alone; ``--report-only`` re-renders the stored ``results.json`` without any run.
 
@@ -145,20 +149,36 @@ def calibration_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, source: Pat
 
 
 def main_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, chosen: list[Any], source: Path) -> SweepSpec:
-    """The grid's cells at their calibrated values (``chosen``, one per cell), x the axis, x seeds."""
+    """The grid's cells at their calibrated values (``chosen``, one per cell), x the axis, x seeds,
+    less each cell's first seed at the calibration point: that run is the calibration run at the
+    chosen value (``choose`` returns it), so the seeds are written into the grid's rows."""
+    from mosaics_lab.sweeps.spec import SEED_KEY
+
     cells = [dict(cell) for cell in spec.grid] or [{}]
-    grid = [{**cell, rep.calibrate: value} for cell, value in zip(cells, chosen)]
+    at = None
     if rep.axis is not None:
         values = _per_size(rep.axis.values, size, "reproduce.axis.values", source)
-        grid = [{**cell, **rep.axis.cell(size, v)} for cell in grid for v in values]
+        at = _per_size(rep.axis.calibrate_at, size, "reproduce.axis.calibrate_at", source)
+    seeds: list[int | None] = list(spec.seeds) or [None]  # None: the recipe's own seed
+    grid = []
+    for cell, value in zip(cells, chosen):
+        for v in values if rep.axis is not None else [None]:
+            point = {} if rep.axis is None else rep.axis.cell(size, v)
+            for seed in seeds:
+                if seed == seeds[0] and (rep.axis is None or v == at):
+                    continue  # the calibration run (reused)
+                grid.append(
+                    {**cell, rep.calibrate: value, **point, **({} if seed is None else {SEED_KEY: seed})}
+                )
     space = {k: p for k, p in spec.space.items() if k != rep.calibrate}
-    return dataclasses.replace(spec, grid=grid, space=space)
+    return dataclasses.replace(spec, grid=grid, space=space, seeds=[])
 
 
 def choose(
     calibration_dir: Path, spec: SweepSpec, rep: ReproduceSpec, source: Path
-) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Per grid cell, the calibrated value with the lowest final val/loss; and every (cell, value, loss)."""
+) -> tuple[list[Any], list[dict[str, Any]], list[Path]]:
+    """Per grid cell, the calibrated value with the lowest final val/loss; every (cell, value, loss);
+    and per cell the run at the chosen value (the main study's first seed at the calibration point)."""
     from mosaics_lab.analysis.runs import RunsError, discover_runs, load_runs
     from mosaics_lab.constants import VAL_LOSS
 
@@ -167,9 +187,9 @@ def choose(
     except RunsError:  # no calibration run at all: the error below names the first cell
         runs = []
     cells = [dict(cell) for cell in spec.grid] or [{}]
-    chosen, table = [], []
+    chosen, table, best_runs = [], [], []
     for i, cell in enumerate(cells):
-        best, best_loss = None, math.inf
+        best, best_loss, best_run = None, math.inf, None
         for r in runs:
             if r.status != "completed" or not _run_matches(r.recipe, cell, source):
                 continue
@@ -185,11 +205,12 @@ def choose(
                 }
             )
             if loss is not None and loss < best_loss:
-                best, best_loss = value, loss
-        if best is None:
+                best, best_loss, best_run = value, loss, r.path
+        if best is None or best_run is None:
             raise SweepError(f"calibration of grid cell {i} {cell} has no completed run with a val/loss")
         chosen.append(best)
-    return chosen, table
+        best_runs.append(best_run)
+    return chosen, table, best_runs
 
 
 def _run_matches(recipe: dict[str, Any], cell: dict[str, Any], source: Path) -> bool:
@@ -238,15 +259,18 @@ def run_sweep_spec(
     return launch(sweep, jobs=jobs, quiet=quiet)[0]
 
 
-def evaluate_trials(study_dir: Path, rep: ReproduceSpec, size: str, source: Path, quiet: bool) -> list[str]:
-    """Every eval job on every completed trial that lacks it; returns the failures (one line each)."""
+def evaluate_trials(
+    run_dirs: list[Path], rep: ReproduceSpec, size: str, source: Path, quiet: bool
+) -> list[str]:
+    """Every eval job on every completed run below ``run_dirs`` that lacks it; returns the failures
+    (one line each)."""
     from mosaics_lab.analysis.runs import discover_runs, load_runs
     from mosaics_lab.evaluation.runner import EvalOptions, eval_name, evaluate
 
     batches = _per_size(rep.eval_batches, size, "reproduce.eval_batches", source) if rep.eval_batches else 16
     batch_size = rep.eval_batch_size.get(size, 16)
     failures = []
-    for run in load_runs(discover_runs([str(study_dir)])):
+    for run in load_runs(discover_runs([str(p) for p in run_dirs])):
         if run.status != "completed":
             continue
         for job in rep.evaluate:
@@ -330,15 +354,17 @@ def reproduce(args: argparse.Namespace) -> int:
     if code != 0:
         say(f"calibration ended with exit code {code}; re-run the same command to continue it")
         return code
-    chosen, table = choose(out_root / cal.study, spec, rep, source)
-    say(f"2/4 main study {spec.study} at {rep.calibrate} = {chosen}")
+    chosen, table, reused = choose(out_root / cal.study, spec, rep, source)
+    say(f"2/4 main study {spec.study} at {rep.calibrate} = {chosen} (first seed: the calibration runs)")
     main = main_spec(spec, rep, args.size, chosen, source)
-    code = run_sweep_spec(source, main, args.size, args.overrides, args.jobs, args.quiet)
-    if code != 0:
-        say(f"main study ended with exit code {code}; re-run the same command to continue it")
-        return code
+    if main.grid:
+        code = run_sweep_spec(source, main, args.size, args.overrides, args.jobs, args.quiet)
+        if code != 0:
+            say(f"main study ended with exit code {code}; re-run the same command to continue it")
+            return code
+    run_dirs = [p for p in [out_root / spec.study] if p.is_dir()] + reused  # type: ignore[operator]
     say("3/4 evaluate every completed trial on the test split")
-    failures = evaluate_trials(out_root / spec.study, rep, args.size, source, args.quiet)  # type: ignore[operator]
+    failures = evaluate_trials(run_dirs, rep, args.size, source, args.quiet)
     for line in failures:
         print(f"mosaics-lab: {line}", file=sys.stderr)
     meta = {
@@ -351,8 +377,9 @@ def reproduce(args: argparse.Namespace) -> int:
         "this_sitting_s": round(time.time() - started, 1),
         "calibration": table,
         "chosen": chosen,
+        "reused": [str(p) for p in reused],
     }
-    results = collect(out_root / spec.study, rspec, meta)  # type: ignore[operator]
+    results = collect(run_dirs, rspec, meta)
     written = write_report(results, rspec, out_md)
     say(f"4/4 wrote {written['md']} ({len(written['figures'])} figures)")
     return 1 if failures else 0

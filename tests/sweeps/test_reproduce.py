@@ -20,7 +20,7 @@ from mosaics_lab.sweeps.reproduce import (
     size_overrides,
     study_path,
 )
-from mosaics_lab.sweeps.spec import SweepError, load_sweep_spec, resolve_sweep
+from mosaics_lab.sweeps.spec import SweepError, at_size, load_sweep_spec, resolve_sweep
 from tests.conftest import REPO
 
 STUDIES = sorted(p.stem for p in (REPO / STUDY_DIR).glob("*.yaml"))
@@ -99,10 +99,34 @@ def test_the_main_study_runs_each_cell_at_its_value_on_every_axis_point_and_seed
     spec = load_sweep_spec(path)
     rep = parse_reproduce(spec.reproduce, str(path))
     main_ = main_spec(spec, rep, "cpu", [1e-3, 3e-3, 1e-2], path)
-    assert main_.study == "reproduce_mqar" and main_.seeds == [0, 1] and "train.lr" not in main_.space
-    assert len(main_.grid) == 3 * 4
-    assert [c["train.lr"] for c in main_.grid[:4]] == [1e-3] * 4
-    assert [c["train.max_steps"] for c in main_.grid[:4]] == [125, 500, 2000, 4000]
+    assert main_.study == "reproduce_mqar" and "train.lr" not in main_.space
+    # 3 cells x 4 budgets x 2 seeds, less each cell's seed 0 at the calibration budget (2,000 steps)
+    assert len(main_.grid) == 3 * 4 * 2 - 3
+    first = [c for c in main_.grid if c["train.lr"] == 1e-3]
+    assert [(c["train.max_steps"], c["seed"]) for c in first] == [
+        (125, 0), (125, 1), (500, 0), (500, 1), (2000, 1), (4000, 0), (4000, 1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_the_main_study_never_trains_a_calibration_run_again(name):
+    """The first seed at the calibration point, at the chosen value, is the calibration run itself:
+    induction's main study trained it again and got the same val/loss bit for bit (1.3969837509e-09,
+    6.0535962909e-09, 6.0535960245e-08), a fifth of the study's training for nothing."""
+    path = REPO / STUDY_DIR / f"{name}.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    for size in spec.sizes:
+        cal = calibration_spec(at_size(spec, size), rep, size, path)
+        chosen = [spec.space[rep.calibrate].choices[0]] * len(spec.grid)
+        main_ = main_spec(at_size(spec, size), rep, size, chosen, path)
+        calibration_runs = [
+            {**cell, rep.calibrate: v, "seed": cal.seeds[0]} for cell, v in zip(cal.grid, chosen)
+        ]
+        assert not [c for c in main_.grid if c in calibration_runs], (size, name)
+        n_axis = len(rep.axis.values[size]) if rep.axis else 1
+        assert len(main_.grid) == len(spec.grid) * (n_axis * len(spec.seeds) - 1)
+        assert main_.seeds == [] and all("seed" in c for c in main_.grid)
 
 
 def test_sizes_become_overrides_and_an_unknown_study_names_the_studies():
@@ -141,8 +165,9 @@ def test_choose_keeps_per_cell_the_value_with_the_lowest_final_val_loss(tmp_path
             _fake_run(tmp_path, n, name, lr, loss)
             n += 1
     _fake_run(tmp_path, n, names[0], 1e-2, 0.1, status="failed: NonFiniteError")  # never chosen
-    chosen, table = choose(tmp_path, spec, rep, path)
+    chosen, table, runs = choose(tmp_path, spec, rep, path)
     assert chosen == [3e-3, 3e-3, 3e-3] and len(table) == 9
+    assert [r.name for r in runs] == ["trial-1", "trial-4", "trial-7"]  # reused as the first seed
     with pytest.raises(SweepError, match="grid cell 0"):
         choose(tmp_path / "empty", spec, rep, path)
 
@@ -165,13 +190,19 @@ def test_a_whole_study_runs_at_smoke_size_and_its_report_renders_again(tmp_path,
     text = report.read_text()
     assert "Induction heads" in text and "## Calibration" in text and "mosaic_v2" in text
     trials = sorted((out / "reproduce_induction").glob("trial-*"))
-    assert len(trials) == 3 * 2  # 3 architectures x 2 seeds at the calibrated lr
-    assert all((t / "eval" / "induction.json").is_file() for t in trials)
+    assert len(trials) == 3  # 3 architectures x seed 1 at the calibrated lr; seed 0 is reused
     results = json.loads(report.with_name("induction_results.json").read_text())
     assert len(results["meta"]["chosen"]) == 3 and len(results["meta"]["calibration"]) == 9
+    reused = [Path(p) for p in results["meta"]["reused"]]
+    assert len(reused) == 3 and all(p.parent.name == "reproduce_induction-calibrate" for p in reused)
+    assert all((t / "eval" / "induction.json").is_file() for t in [*trials, *reused])
+    assert sorted((r["group"]["model.arch"], r["seed"]) for r in results["runs"]) == [
+        (arch, seed) for arch in ("llama", "mosaic_v1", "mosaic_v2") for seed in (0, 1)
+    ]
+    assert "reused rather than trained twice" in text
     # a second run continues: nothing is retrained or re-evaluated, the report is the same
     assert main(args) == 0
-    assert len(sorted((out / "reproduce_induction").glob("trial-*"))) == 6
+    assert len(sorted((out / "reproduce_induction").glob("trial-*"))) == 3
     report.unlink()
     assert main([*args[:6], "--report-only"]) == 0
     assert "Induction heads" in report.read_text()
