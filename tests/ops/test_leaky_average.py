@@ -5,6 +5,8 @@ Shapes: B batch, H heads, T time steps, D head dimension.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -63,6 +65,15 @@ def make_inputs(
         log_decay, log_gate = -rand(B, H, T), None
     elif regime == "decay_per_head_broadcast":  # v1: one constant decay per head, shape (1, H, 1)
         log_decay, log_gate = -3.0 * rand(1, H, 1), None
+    # The constant-decay fast form (one decay per head, no gate) at its extremes.
+    elif regime == "constant_decay_strong":
+        log_decay, log_gate = -30.0 - rand(1, H, 1), None
+    elif regime == "constant_decay_near_zero":
+        log_decay, log_gate = torch.full((H, 1), -1e-6), None
+    elif regime == "constant_growth":  # not a decay, but computed correctly: the oldest step weighs most
+        log_decay, log_gate = 0.5 * rand(H, 1), None
+    elif regime == "constant_decay_one_for_all_heads":
+        log_decay, log_gate = torch.tensor([-0.7]), None
     else:
         raise AssertionError(regime)
     leaves = [x.to(dtype), log_decay.to(dtype), None if log_gate is None else log_gate.to(dtype)]
@@ -82,7 +93,7 @@ def eps_level_gradients(regime: str, T: int, D: int) -> set[str]:
     """Gradients that are 0 up to eps-sized terms for these inputs (see NEGLIGIBLE)."""
     if D == 1:
         return {"dx", "dlog_decay", "dlog_gate"}
-    if regime == "decay_strong":  # kbar_t = e^G_t x_t (1 + O(e^-30)): k_t = x_t / ||x_t||
+    if regime in ("decay_strong", "constant_decay_strong"):  # kbar_t = e^G_t x_t (1 + O(e^-30))
         return {"dlog_decay", "dlog_gate"}
     return {"dlog_gate"} if T == 1 else set()
 
@@ -119,6 +130,10 @@ REGIMES = [
     "gates_and_decays_mixed",
     "gate_none",
     "decay_per_head_broadcast",
+    "constant_decay_strong",
+    "constant_decay_near_zero",
+    "constant_growth",
+    "constant_decay_one_for_all_heads",
 ]
 
 
@@ -131,12 +146,57 @@ def test_fast_matches_reference_under_extreme_gates_and_decays(T, regime, dtype)
 
 
 @pytest.mark.parametrize("chunk_size", [2, 3, 8, 200, 512])
-@pytest.mark.parametrize("regime", ["moderate", "gates_and_decays_mixed"])
+@pytest.mark.parametrize(
+    "regime", ["moderate", "gates_and_decays_mixed", "decay_per_head_broadcast", "constant_growth"]
+)
 def test_result_does_not_depend_on_chunk_size(chunk_size, regime):
     # T = 200 with chunk 3 recurses through chunk-end states four levels deep (200 -> 67 -> 23 -> 8
     # -> 3); chunk 200 and 512 take the single-chunk path.
     x, log_decay, log_gate = make_inputs((1, 2, 200, 4), torch.float32, regime)
     check_fast_against_reference(x, log_decay, log_gate, FP32_TOL, regime, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize(
+    "shape,constant",
+    [
+        ((7,), False),  # broadcasts along time, not heads
+        ((3, 1), True),
+        ((1, 3, 1), True),
+        ((1,), True),
+        ((1, 1, 1), True),
+        ((2, 3, 1), False),
+        ((1, 3, 7), False),
+        ((3, 7), False),
+        ((2, 3, 7), False),
+    ],
+)
+def test_a_decay_without_batch_or_time_extent_takes_the_constant_decay_form(shape, constant, monkeypatch):
+    # v1's keys pass one decay per head: the fast form for them must actually run (and agree with
+    # the general form, which a (B, H, T) decay takes, and with the spec).
+    module = importlib.import_module("mosaics_lab.ops.leaky_average")  # `ops.leaky_average` is the function
+
+    calls = []
+    original = module._within_chunks_constant_decay
+    monkeypatch.setattr(module, "_within_chunks_constant_decay", lambda *a: calls.append(1) or original(*a))
+    x = torch.randn(2, 3, 7, 4, generator=torch.Generator().manual_seed(0))
+    log_decay = -torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    k = leaky_average(x, log_decay, chunk_size=4)
+    assert bool(calls) == constant
+    assert_close("k", k, leaky_average_reference(x, log_decay), FP32_TOL)
+    calls.clear()
+    general = leaky_average(x, log_decay.expand(2, 3, 7).contiguous(), chunk_size=4)  # (B, H, T)
+    assert not calls
+    assert_close("k vs general form", k, general, FP32_TOL)
+
+
+def test_a_gate_or_a_document_mask_keeps_the_general_form(monkeypatch):
+    module = importlib.import_module("mosaics_lab.ops.leaky_average")  # `ops.leaky_average` is the function
+
+    monkeypatch.setattr(module, "_within_chunks_constant_decay", lambda *a: pytest.fail("constant form used"))
+    x = torch.randn(2, 3, 7, 4)
+    log_decay = -torch.rand(1, 3, 1)
+    leaky_average(x, log_decay, torch.zeros(2, 3, 7))
+    leaky_average(x, log_decay, doc_ids=torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2))
 
 
 def test_reference_matches_the_literal_recurrence():
