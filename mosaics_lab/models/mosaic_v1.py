@@ -41,6 +41,7 @@ from mosaics_lab.ops import (
     kernel_regression,
     kernel_regression_weights,
     leaky_average,
+    unit_rows,
 )
 from mosaics_lab.ops.kernel_regression import at_least_float32
 
@@ -109,8 +110,7 @@ class ValueExtractor(nn.Module):
             v_next = v_next.masked_fill(docs.ends[:, None, :, None], 0.0)
         gamma = _per_head(self.gamma)
         v = gamma * v + (1 - gamma) * v_next
-        v = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + self.eps)
-        return _per_head(torch.exp(10 * self.psi)) * v
+        return unit_rows(v, self.eps, _per_head(torch.exp(10 * self.psi)))  # a_h v / (||v|| + eps)
 
 
 class ContextualMemory(nn.Module):

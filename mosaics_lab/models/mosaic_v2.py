@@ -46,6 +46,7 @@ from mosaics_lab.ops import (
     kernel_regression,
     kernel_regression_weights,
     leaky_average,
+    unit_rows,
 )
 
 _EPS = 1e-6  # added to norms before dividing, as in leaky_average
@@ -181,7 +182,7 @@ class KeyExtractor(nn.Module):
         H, D = self.n_head, self.head_size
         x = self.phi(u).view(B, T, H, D).transpose(1, 2).float()  # (B, H, T, D)
         if self.kind == "none":
-            return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + _EPS)
+            return unit_rows(x, _EPS)
         if self.decay is not None:
             log_decay = -self.decay(u).float().abs().transpose(1, 2)  # (B, H, T)
         else:
@@ -237,7 +238,7 @@ class ValueExtractor(nn.Module):
         theta = self.theta.float()
         log_scale = torch.where(theta >= 0, theta, -theta).clamp(max=_MAX_LOG_VALUE_SCALE)
         scale = torch.exp(log_scale).view(-1, 1, 1)  # (H, 1, 1)
-        return scale * vbar / (torch.linalg.vector_norm(vbar, dim=-1, keepdim=True) + _EPS)
+        return unit_rows(vbar, _EPS, scale)  # a_h vbar / (||vbar|| + eps)
 
 
 class ContextualMemory(nn.Module):

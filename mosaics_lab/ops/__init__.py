@@ -8,6 +8,7 @@ from mosaics_lab.ops.kernel_regression import (
     kernel_regression_weights,
 )
 from mosaics_lab.ops.leaky_average import leaky_average, leaky_average_reference
+from mosaics_lab.ops.norms import unit_rows
 
 __all__ = [
     "Documents",
@@ -19,4 +20,5 @@ __all__ = [
     "kernel_regression_weights",
     "leaky_average",
     "leaky_average_reference",
+    "unit_rows",
 ]

@@ -22,10 +22,10 @@ Paths:
 - `kernel_regression_reference`: full (T x T) logits, boolean lag and document mask, masked
   softmax. The spec.
 - plain (CPU, and any device without CUDA): unbounded window -> causal SDPA (flash kernel,
-  O(T) memory); finite window -> query blocks of `_QUERY_BLOCK` rows against the `_QUERY_BLOCK +
-  window` keys they can see, all blocks in one SDPA call with the band as an additive mask, so
-  time and memory are O(T * window). With a
-  document mask and a block that holds a document boundary, the banded path serves both, its
+  O(T) memory); finite window -> query blocks of `_QUERY_BLOCK` rows against the whole blocks of
+  keys they can reach (`_QUERY_BLOCK + window` rounded up to whole blocks), all blocks in one SDPA
+  call with the band as an additive mask (cached per shape), so time and memory are
+  O(T * window). With a document mask and a block that holds a document boundary, the banded path serves both, its
   window cut to the longest document of the batch (no query sees further back than its document's
   start): O(T * min(window, longest document)), linear in T for a given corpus, and no (T x T)
   mask. A block without a boundary takes the unmasked path, bit for bit.
@@ -112,6 +112,32 @@ def _no_visible_pairs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return torch.zeros_like(v) + anchor.to(v.dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _band_bias(N: int, W: int, S: int, window: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The band as an additive bias (0 or -inf) for N blocks of W queries against their S keys, the
+    keys of block n starting at original position n W - (S - W): (N, W, S). Query row r of block n
+    sees key column c iff 0 <= lag <= window, lag = r + (S - W) - c, and the key is not left padding.
+    Cached: it depends on the shapes only (T, window), not on the data."""
+    r = torch.arange(W, device=device).unsqueeze(-1)  # query row in the block
+    c = torch.arange(S, device=device)  # key column in the span
+    lag = r + (S - W) - c  # (W, S)
+    band = (lag >= 0) & (lag <= window)
+    real_key = (torch.arange(N, device=device).unsqueeze(-1) * W + c) >= S - W  # (N, S): not left pad
+    visible = band & real_key.unsqueeze(-2)  # (N, W, S); the diagonal is always visible
+    return torch.zeros((N, W, S), dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+
+
+def _spans(x: torch.Tensor, N: int, W: int, blocks_per_span: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, N, H, S, D), S = blocks_per_span * W: block n's span is the
+    blocks_per_span blocks of W steps that end with block n (left-padded with zeros). Built by
+    concatenating shifted block views, whose backward is a few slice additions; `unfold`'s backward
+    cost more than the attention's forward here."""
+    B, H, T, D = x.shape
+    lead = (blocks_per_span - 1) * W
+    blocks = F.pad(x, (0, 0, lead, N * W - T)).view(B, H, N + blocks_per_span - 1, W, D).transpose(1, 2)
+    return torch.cat([blocks[:, j : j + N] for j in range(blocks_per_span)], dim=-2)
+
+
 def _banded_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -127,38 +153,37 @@ def _banded_attention(
     Dv = v.shape[-1]
     W = min(_QUERY_BLOCK, T)
     N = -(-T // W)
-    S = W + window  # keys a block of W queries can see
-    tail = N * W - T
     # Blocks become the batch of one SDPA call: (B * N, H, W, D) queries against the (B * N, H, S, D)
-    # keys of their spans, the band as an additive mask. Left-pad the keys by `window` so that block
-    # n's span starts at padded position n * W: original keys n * W - window .. n * W + W - 1.
-    # unfold makes overlapping views; the reshape copies them, O(T * D * S / W).
-    q_blocks = F.pad(q, (0, 0, 0, tail)).view(B, H, N, W, D).transpose(1, 2).reshape(B * N, H, W, D)
-    k_spans = F.pad(k, (0, 0, window, tail)).unfold(2, S, W).permute(0, 2, 1, 4, 3).reshape(B * N, H, S, D)
-    v_spans = F.pad(v, (0, 0, window, tail)).unfold(2, S, W).permute(0, 2, 1, 4, 3).reshape(B * N, H, S, Dv)
-    r = torch.arange(W, device=q.device).unsqueeze(-1)  # query row in the block
-    c = torch.arange(S, device=q.device)  # key column in the span; lag = r + window - c
-    band = (c >= r) & (c <= r + window)  # (W, S)
-    real_key = (torch.arange(N, device=q.device).unsqueeze(-1) * W + c) >= window  # (N, S): not left pad
-    visible = (band & real_key.unsqueeze(-2)).expand(B, N, W, S)  # the diagonal is always visible
+    # keys of their spans, the band as an additive mask. A span is the whole blocks that reach back
+    # `window` steps from its block's end, S = W ceil((W + window) / W), so that spans are made of
+    # block views; the few columns beyond the window are masked like the rest.
+    blocks_per_span = -(-(W + window) // W)
+    S = blocks_per_span * W
+    q_blocks = F.pad(q, (0, 0, 0, N * W - T)).view(B, H, N, W, D).transpose(1, 2).reshape(B * N, H, W, D)
+    k_spans = _spans(k, N, W, blocks_per_span).reshape(B * N, H, S, D)
+    v_spans = _spans(v, N, W, blocks_per_span).reshape(B * N, H, S, Dv)
+    bias = _band_bias(N, W, S, window, q.device, q.dtype).unsqueeze(1)  # (N, 1, W, S)
     sees_pairs = None
     if doc_q is not None:
         # Same (B, N, W, S) layout as the band: the document of each query row and key column.
-        d_q = F.pad(doc_q, (0, tail)).view(B, N, W)
-        d_k = F.pad(doc_k, (window, tail)).unfold(1, S, W)  # (B, N, S)
-        visible = visible & (d_q.unsqueeze(-1) == d_k.unsqueeze(-2))
+        d_q = F.pad(doc_q, (0, N * W - T)).view(B, N, W)
+        d_k = F.pad(doc_k, (S - W, N * W - T)).unfold(1, S, W)  # (B, N, S)
+        other = d_q.unsqueeze(-1) != d_k.unsqueeze(-2)  # (B, N, W, S)
+        visible = (bias.squeeze(1) == 0) & ~other
         # The diagonal may now belong to another document: a row can see nothing. Such a row gets an
         # all-zero bias (no fully masked row reaches the kernel) and is zeroed below.
         sees_pairs = visible.any(-1, keepdim=True)  # (B, N, W, 1)
         visible = visible | ~sees_pairs
-    # The mask as an additive bias (0 or -inf), one per block, shared by the heads. SDPA's fused CPU
-    # kernel never materialises the (W, S) probabilities for the backward (it keeps the log-sum-exp),
-    # where matmul + softmax + matmul kept the logits and the probabilities: same values to float32
-    # rounding, less memory traffic.
-    bias = torch.zeros((B, N, 1, W, S), dtype=q.dtype, device=q.device)
-    bias.masked_fill_(~visible.unsqueeze(2), float("-inf"))
+        bias = torch.zeros((B, N, 1, W, S), dtype=q.dtype, device=q.device)
+        bias.masked_fill_(~visible.unsqueeze(2), float("-inf"))
+        bias = bias.view(B * N, 1, W, S)
+    elif B > 1:
+        bias = bias.repeat(B, 1, 1, 1)  # (B * N, 1, W, S); SDPA's mask must match its batch
+    # The mask as an additive bias: SDPA's fused CPU kernel never materialises the (W, S)
+    # probabilities for the backward (it keeps the log-sum-exp), where matmul + softmax + matmul
+    # kept the logits and the probabilities: same values to float32 rounding, less memory traffic.
     y = F.scaled_dot_product_attention(
-        q_blocks, k_spans, v_spans, attn_mask=bias.view(B * N, 1, W, S), dropout_p=dropout_p, scale=1.0
+        q_blocks, k_spans, v_spans, attn_mask=bias, dropout_p=dropout_p, scale=1.0
     )
     y = y.view(B, N, H, W, Dv).transpose(1, 2).reshape(B, H, N * W, Dv)[:, :, :T]
     if sees_pairs is not None:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mosaics_lab.ops.documents import Documents, as_documents
+from mosaics_lab.ops.norms import unit_rows
 
 __all__ = ["leaky_average", "leaky_average_reference"]
 
@@ -218,7 +219,7 @@ def leaky_average(
     else:
         h, _ = _scaled_leaky_sum(x.to(dtype), L, G, chunk_size)
     # kbar = exp(log_scale) * h: the scale cancels, eps guards the rescaled norm.
-    k = h / (torch.linalg.vector_norm(h, dim=-1, keepdim=True) + eps)
+    k = unit_rows(h, eps)
     return k.to(x.dtype)
 
 
