@@ -246,6 +246,66 @@ def _curve(evs: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
 # --- writing -------------------------------------------------------------------------------------
 
 
+# Above this many points with integer labels (a per-position curve), a curve is drawn as a line
+# against the position, the whole of it on a log axis beside a zoom on the late context.
+_LONG_CURVE = 24
+_LATE_FROM = 16
+
+
+def _integer_labels(labels: Sequence[Any]) -> list[int] | None:
+    try:
+        return [int(x) for x in labels]
+    except (TypeError, ValueError):
+        return None
+
+
+def _draw_points(ax, by_row: Mapping[str, Mapping[str, Any]], metric: str) -> None:
+    chance_drawn = False
+    for label, c in by_row.items():
+        stats = c["metrics"].get(metric)
+        if not stats:
+            continue
+        xs = list(range(len(c["labels"])))
+        ys = [s[0] if s[0] is not None else float("nan") for s in stats]
+        es = [s[1] or 0.0 for s in stats]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax.set_xticks(xs, c["labels"])
+        if not chance_drawn and any(ch is not None for ch in c["chance"]):
+            ax.plot(
+                xs,
+                [ch if ch is not None else float("nan") for ch in c["chance"]],
+                "k--",
+                lw=1,
+                label="chance",
+            )
+            chance_drawn = True
+
+
+def _draw_long(axes, by_row: Mapping[str, Mapping[str, Any]], metric: str) -> None:
+    """Mean line and +- std band against position + 1: all positions on a log axis (left), and
+    positions >= _LATE_FROM on a linear one with its own y range (right)."""
+    import numpy as np
+
+    whole, late = axes
+    for label, c in by_row.items():
+        stats = c["metrics"].get(metric)
+        positions = _integer_labels(c["labels"])
+        if not stats or positions is None:
+            continue
+        x = np.asarray(positions, dtype=float)
+        y = np.asarray([s[0] if s[0] is not None else np.nan for s in stats], dtype=float)
+        e = np.asarray([s[1] or 0.0 for s in stats], dtype=float)
+        for ax, keep in ((whole, x >= 0), (late, x >= _LATE_FROM)):
+            (line,) = ax.plot(x[keep] + 1, y[keep], lw=1.2, label=label)
+            ax.fill_between(
+                x[keep] + 1, (y - e)[keep], (y + e)[keep], color=line.get_color(), alpha=0.2, lw=0
+            )
+    whole.set_xscale("log")
+    whole.set_xlabel("position + 1 (log)")
+    late.set_xlabel(f"position + 1 (from {_LATE_FROM})")
+    late.set_title("late context", fontsize=9)
+
+
 def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: Path, stem: str) -> list[Path]:
     """One PNG per (eval, metric): mean +- std over seeds vs the eval's points, one line per row."""
     import matplotlib
@@ -256,30 +316,24 @@ def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: Path, stem: st
     paths = []
     for name, by_row in curves.items():
         metrics = sorted({m for c in by_row.values() for m in c["metrics"]})
+        long = all(
+            len(c["labels"]) > _LONG_CURVE and _integer_labels(c["labels"]) is not None
+            for c in by_row.values()
+        )
         for metric in metrics:
-            fig, ax = plt.subplots(figsize=(5.5, 3.5))
-            chance_drawn = False
-            for label, c in by_row.items():
-                stats = c["metrics"].get(metric)
-                if not stats:
-                    continue
-                xs = list(range(len(c["labels"])))
-                ys = [s[0] if s[0] is not None else float("nan") for s in stats]
-                es = [s[1] or 0.0 for s in stats]
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
-                ax.set_xticks(xs, c["labels"])
-                if not chance_drawn and any(ch is not None for ch in c["chance"]):
-                    ax.plot(
-                        xs,
-                        [ch if ch is not None else float("nan") for ch in c["chance"]],
-                        "k--",
-                        lw=1,
-                        label="chance",
-                    )
-                    chance_drawn = True
-            ax.set_title(f"{name}: {metric} (mean +- std over seeds)")
-            ax.set_ylabel(metric)
-            ax.legend(fontsize=7)
+            if long:
+                fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+                _draw_long(axes, by_row, metric)
+                legend_ax = axes[1]
+                axes[0].set_ylabel(metric)
+                axes[0].set_title(f"{name}: {metric} (mean +- std over seeds)", fontsize=9)
+            else:
+                fig, ax = plt.subplots(figsize=(5.5, 3.5))
+                _draw_points(ax, by_row, metric)
+                legend_ax = ax
+                ax.set_title(f"{name}: {metric} (mean +- std over seeds)")
+                ax.set_ylabel(metric)
+            legend_ax.legend(fontsize=7)
             fig.tight_layout()
             path = out_dir / f"{stem}_{name}_{metric}.png".replace("/", "_")
             fig.savefig(path, dpi=90)

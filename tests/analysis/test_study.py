@@ -11,6 +11,7 @@ from mosaics_lab.analysis.study import (
     Gate,
     ReportSpec,
     learned,
+    plot_curves,
     read_results,
     render,
     summarize,
@@ -114,3 +115,28 @@ def test_the_report_says_what_its_numbers_show_or_that_nobody_has_written_it():
     text = render(results(), read)
     assert "## What the numbers show\n\nmosaic_v1 holds 1.0 to 16x: **reproduced**." in text
     assert text.index("What the numbers show") < text.index("## Calibration")
+
+
+def _png_width(path) -> int:
+    import struct
+
+    return struct.unpack(">I", path.read_bytes()[16:20])[0]
+
+
+def test_a_per_position_curve_is_drawn_against_position_with_a_late_context_zoom(tmp_path):
+    # 128 integer labels: the categorical axis of the short curves made its ticks unreadable.
+    positions = [str(t) for t in range(128)]
+    curve = {
+        "labels": positions,
+        "chance": [None] * 128,
+        "metrics": {"loss": [(2.0 / (t + 1) + 0.2, 0.01, 2) for t in range(128)]},
+    }
+    (long_png,) = plot_curves({"per_position": {"arch=a": curve, "arch=b": curve}}, tmp_path, "long")
+    short = {
+        "labels": ["1x", "2x"],
+        "chance": [0.1, 0.1],
+        "metrics": {"accuracy": [(1.0, 0.0, 2), (0.5, 0.1, 2)]},
+    }
+    (short_png,) = plot_curves({"induction": {"arch=a": short}}, tmp_path, "short")
+    assert _png_width(long_png) == 9 * 90  # two panels: the whole curve (log x) and positions >= 16
+    assert _png_width(short_png) == int(5.5 * 90)
