@@ -25,8 +25,8 @@ Paths:
   O(T) memory); finite window -> query blocks of `_QUERY_BLOCK` rows against the whole blocks of
   keys they can reach (`_QUERY_BLOCK + window` rounded up to whole blocks), all blocks in one SDPA
   call with the band as an additive mask (cached per shape), so time and memory are
-  O(T * window). With a document mask and a block that holds a document boundary, the banded path serves both, its
-  window cut to the longest document of the batch (no query sees further back than its document's
+  O(T * window). With a document mask and a block that holds a document boundary, the banded
+  path serves both, its window cut to the longest document of the batch (no query sees further back than its document's
   start): O(T * min(window, longest document)), linear in T for a given corpus, and no (T x T)
   mask. A block without a boundary takes the unmasked path, bit for bit.
 - `kernel_regression_flex`: FlexAttention with a mask_mod built from the lags (and the document
