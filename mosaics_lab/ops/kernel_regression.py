@@ -26,9 +26,9 @@ Paths:
   keys they can reach (`_QUERY_BLOCK + window` rounded up to whole blocks), all blocks in one SDPA
   call with the band as an additive mask (cached per shape), so time and memory are
   O(T * window). With a document mask and a block that holds a document boundary, the banded
-  path serves both, its window cut to the longest document of the batch (no query sees further back than its document's
-  start): O(T * min(window, longest document)), linear in T for a given corpus, and no (T x T)
-  mask. A block without a boundary takes the unmasked path, bit for bit.
+  path serves both, its window cut to the longest document of the batch (no query sees further
+  back than its document's start): O(T * min(window, longest document)), linear in T for a given
+  corpus, and no (T x T) mask. A block without a boundary takes the unmasked path, bit for bit.
 - `kernel_regression_flex`: FlexAttention with a mask_mod built from the lags (and the document
   ids) and a block mask that skips blocks outside the band; compiled once and cached.
   `kernel_regression` uses it on CUDA. The lags enter the mask_mod as tensors, so changing them
