@@ -19,8 +19,8 @@ largest log weight of row t, so h stays O(C^depth * max|x|) for any gate or deca
 With no gate and one decay per head, the same at every step and in every sequence (v1's keys, a
 log_decay of shape (H, 1) or (1, H, 1)), the chunk weights exp(L_h (t - i)) are one (C x C) matrix
 per head shared by all chunks: it is built once and applied with one matmul per head, instead of
-building B * N matrices in log space (1.2-2x faster forward + backward on one CPU thread at
-T = 512..4096; the chunk-end recurrence is the general one).
+building B * N matrices in log space (1.3-1.4x faster forward + backward on 2 CPU threads at
+T = 512..4096, BENCHMARKS.md). The chunk-end recurrence is then constant too and takes the same form.
 
 Normalisation contract (MODELS.md 0): the scale cancels in kbar / ||kbar||, so k_t = h_t / ||h_t||,
 and the guard against division by zero is applied to the rescaled state, k_t = h_t / (||h_t|| +
