@@ -130,8 +130,8 @@ def _band_bias(N: int, W: int, S: int, window: int, device: torch.device, dtype:
 def _spans(x: torch.Tensor, N: int, W: int, blocks_per_span: int) -> torch.Tensor:
     """(B, H, T, D) -> (B, N, H, S, D), S = blocks_per_span * W: block n's span is the
     blocks_per_span blocks of W steps that end with block n (left-padded with zeros). Built by
-    concatenating shifted block views, whose backward is a few slice additions (`unfold`'s backward
-    was 18 % of the op on one thread)."""
+    concatenating shifted block views, whose backward is a few slice additions (instead of
+    `unfold`'s backward, which a one-thread profile put high; BENCHMARKS.md has the op timings)."""
     B, H, T, D = x.shape
     lead = (blocks_per_span - 1) * W
     blocks = F.pad(x, (0, 0, lead, N * W - T)).view(B, H, N + blocks_per_span - 1, W, D).transpose(1, 2)

@@ -2,8 +2,8 @@
 
 Computed as x * (scale / (||x|| + eps)): the division and the scale act on the (..., 1) norms, so
 the full-size tensor sees one multiplication, forward and backward, instead of a division and a
-product (1.5-2x faster fwd + bwd on CPU at (1, 4, 4096, 32)); equal to x / (||x|| + eps) * scale up
-to float rounding.
+product (3.41 -> 1.63 ms fwd + bwd on 2 idle CPU threads at (1, 4, 4096, 32)); equal to
+x / (||x|| + eps) * scale up to float rounding.
 """
 
 from __future__ import annotations
