@@ -392,6 +392,17 @@ def render(results: Mapping[str, Any], spec: ReportSpec, figures: Sequence[Path]
     lines += ["## Calibration", ""]
     if chosen is not None:
         lines += [f"Kept per grid cell (lowest final validation loss): {', '.join(map(str, chosen))}.", ""]
+    edges = meta.get("not_bracketed")
+    if edges:
+        lines += [
+            "**Not bracketed** (the kept value is an edge of the values tried, and the study file lists "
+            "none beyond it in `reproduce.calibrate_beyond`; a better value may lie outside):",
+            "",
+            *[f"- {line}" for line in edges],
+            "",
+        ]
+    elif edges is not None:
+        lines += ["Every kept value is bracketed by a worse value on each side.", ""]
     lines += [markdown_table(calibration) if calibration else "none", ""]
     return "\n".join(lines)
 

@@ -7,12 +7,16 @@ section saying how to run and report it (``ReproduceSpec``). It runs in four ste
 than one sitting continues where it stopped when the same command is run again:
 
 1. calibrate: the grid's cells x every value of ``calibrate`` (the learning rate), on the first seed,
-   at one point of the axis (``axis.calibrate_at``), as study ``<study>-calibrate``;
+   at one point of the axis (``axis.calibrate_at``), as study ``<study>-calibrate``; then, while a
+   cell's best value is an edge of the values tried, the nearest value beyond it from
+   ``calibrate_beyond``, one round at a time (``<study>-calibrate-2``, ...), so the kept value is
+   bracketed where the file allows (the report lists the cells where it is not);
 2. main: each cell at its calibrated value (lowest final ``val/loss``, the validation split), x every
-   axis value (a budget, a number of training languages), x every seed, as study ``<study>``; the
-   first seed at the calibration point is the calibration run at that value itself (same recipe,
-   same seed, same budget: training it again gave the same numbers bit for bit), so it is reused,
-   not retrained;
+   axis value (a budget, a number of training languages), x every seed, as study ``<study>``
+   (``<study>-r<N>`` after N calibration rounds, reusing an earlier main study's runs at the values
+   still kept); the first seed at the calibration point is the calibration run at that value itself
+   (same recipe, same seed, same budget: training it again gave the same numbers bit for bit), so
+   it is reused, not retrained;
 3. evaluate: every completed main trial (and reused calibration run) on each ``evaluate`` entry
    (test split; ``ablate`` removes a memory at evaluation), written into the trial's run dir
    (``eval/<name>.json``);
@@ -26,6 +30,7 @@ output folder, never over the committed reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -92,6 +97,10 @@ class ReproduceSpec:
     # run and rendered as the report's "What the numbers show" (empty: the section says none yet)
     reading: dict[str, str] = field(default_factory=dict)
     calibrate: str = "train.lr"  # a categorical `space` key, searched on the first seed
+    # size -> values of `calibrate` that may be searched beyond the `space` choices, one per round:
+    # while a cell's best value is the lowest (highest) value tried, the nearest lower (higher) one of
+    # these is trained on the same seed, until the best is bracketed or none is left on that side
+    calibrate_beyond: dict[str, list[Any]] = field(default_factory=dict)
     group_by: list[str] = field(default_factory=lambda: ["model.arch"])
     axis: Optional[AxisSpec] = None
     evaluate: list[EvalJob] = field(default_factory=list)
@@ -174,43 +183,148 @@ def main_spec(spec: SweepSpec, rep: ReproduceSpec, size: str, chosen: list[Any],
     return dataclasses.replace(spec, grid=grid, space=space, seeds=[])
 
 
+@dataclass
+class Calibration:
+    """What the calibration rounds found, per grid cell of the study file."""
+
+    chosen: list[Any]  # the value with the lowest final val/loss
+    table: list[dict[str, Any]]  # every calibration run: cell, recipe, value, val/loss, status, round
+    best_runs: list[Path]  # the run at the chosen value: the main study's first seed at the calibration point
+    tried: list[list[Any]]  # the values trained to the end (completed, or failed: diverged)
+
+    def edge(self, i: int) -> Optional[str]:
+        """``"lowest"`` / ``"highest"`` when cell ``i``'s chosen value is that edge of the values tried
+        (not bracketed by a value on the other side), else None."""
+        tried, best = self.tried[i], self.chosen[i]
+        if len(tried) > 1 and best == min(tried):
+            return "lowest"
+        if len(tried) > 1 and best == max(tried):
+            return "highest"
+        return "only" if len(tried) == 1 else None
+
+    def next_values(self, beyond: list[Any]) -> list[tuple[int, Any]]:
+        """(cell, value) pairs to train next: per cell whose best value sits at an edge of the values
+        tried, the nearest value of ``beyond`` past that edge; empty once every cell is bracketed or has
+        no value left beyond its edge."""
+        todo = []
+        for i, best in enumerate(self.chosen):
+            edge = self.edge(i)
+            lower = [v for v in beyond if v < best and v not in self.tried[i]]
+            higher = [v for v in beyond if v > best and v not in self.tried[i]]
+            if edge in ("lowest", "only") and lower:
+                todo.append((i, max(lower)))
+            elif edge in ("highest", "only") and higher:
+                todo.append((i, min(higher)))
+        return todo
+
+    def edges(self, labels: list[str], key: str) -> list[str]:
+        """One line per cell whose chosen value is not bracketed by the values tried."""
+        out = []
+        for i, label in enumerate(labels):
+            edge = self.edge(i)
+            if edge == "only":
+                out.append(f"{label}: {key} = {self.chosen[i]} is the only value tried")
+            elif edge:
+                tried = _values(self.tried[i])
+                out.append(f"{label}: {key} = {self.chosen[i]} is the {edge} value tried ({tried})")
+        return out
+
+
+def _values(values: list[Any]) -> str:
+    return ", ".join(map(str, sorted(values)))
+
+
+def calibration_round_spec(
+    spec: SweepSpec, rep: ReproduceSpec, size: str, source: Path, todo: list[tuple[int, Any]], round_no: int
+) -> SweepSpec:
+    """Calibration round ``round_no`` (2, 3, ...): only the (cell, value) pairs of ``todo``, on the first
+    seed at the calibration point, as study ``<study>-calibrate-<round_no>``."""
+    cells = [dict(cell) for cell in spec.grid] or [{}]
+    point = {}
+    if rep.axis is not None:
+        at = _per_size(rep.axis.calibrate_at, size, "reproduce.axis.calibrate_at", source)
+        point = rep.axis.cell(size, at)
+    grid = [{**cells[i], **point, rep.calibrate: value} for i, value in todo]
+    space = {k: p for k, p in spec.space.items() if k != rep.calibrate}
+    return dataclasses.replace(
+        spec, study=f"{spec.study}-calibrate-{round_no}", grid=grid, space=space, seeds=spec.seeds[:1]
+    )
+
+
+def main_study_name(study: str, rounds: int) -> str:
+    """The main study after ``rounds`` calibration rounds: ``<study>`` after one (the chosen values
+    follow from the file's own choices), ``<study>-r<rounds>`` after more (its grid may differ)."""
+    return study if rounds == 1 else f"{study}-r{rounds}"
+
+
+def reuse_finished(
+    grid: list[dict[str, Any]], dirs: list[Path], source: Path
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """``grid``'s rows without a completed run under ``dirs`` (earlier rounds' main studies), and the
+    runs that stand in for the others (each row's first match)."""
+    from mosaics_lab.analysis.runs import RunsError, discover_runs, load_runs
+
+    try:
+        found = load_runs(discover_runs([str(d) for d in dirs if d.is_dir()]))
+        runs = [r for r in found if r.status == "completed"]
+    except RunsError:
+        runs = []
+    remaining, reused = [], []
+    for row in grid:
+        match = next((r for r in runs if _run_matches(r.recipe, row, source)), None)
+        if match is None:
+            remaining.append(row)
+        else:
+            reused.append(match.path)
+    return remaining, reused
+
+
 def choose(
-    calibration_dir: Path, spec: SweepSpec, rep: ReproduceSpec, source: Path
-) -> tuple[list[Any], list[dict[str, Any]], list[Path]]:
-    """Per grid cell, the calibrated value with the lowest final val/loss; every (cell, value, loss);
-    and per cell the run at the chosen value (the main study's first seed at the calibration point)."""
+    calibration_dirs: Path | list[Path], spec: SweepSpec, rep: ReproduceSpec, source: Path
+) -> Calibration:
+    """Per grid cell, the calibrated value with the lowest final val/loss over every calibration round
+    (``calibration_dirs``, in round order), every run tried, and per cell the run at the chosen value
+    (the main study's first seed at the calibration point)."""
     from mosaics_lab.analysis.runs import RunsError, discover_runs, load_runs
     from mosaics_lab.constants import VAL_LOSS
 
-    try:
-        runs = load_runs(discover_runs([str(calibration_dir)]))
-    except RunsError:  # no calibration run at all: the error below names the first cell
-        runs = []
+    dirs = [calibration_dirs] if isinstance(calibration_dirs, Path) else list(calibration_dirs)
+    runs = []
+    for round_no, d in enumerate(dirs, start=1):
+        # no run in this round (yet): the error below names the first cell
+        with contextlib.suppress(RunsError):
+            runs += [(round_no, r) for r in load_runs(discover_runs([str(d)]))]
     cells = [dict(cell) for cell in spec.grid] or [{}]
-    chosen, table, best_runs = [], [], []
+    found = Calibration([], [], [], [])
     for i, cell in enumerate(cells):
-        best, best_loss, best_run = None, math.inf, None
-        for r in runs:
-            if r.status != "completed" or not _run_matches(r.recipe, cell, source):
-                continue
-            loss = r.final(VAL_LOSS)
+        best, best_loss, best_run, tried = None, math.inf, None, []
+        for round_no, r in runs:
+            ended = r.status == "completed" or r.status.startswith("failed")
+            if not ended or not _run_matches(r.recipe, cell, source):
+                continue  # a stopped run is trained again by its round
+            loss = r.final(VAL_LOSS) if r.status == "completed" else None
             value = r.recipe.get(rep.calibrate)
-            table.append(
+            found.table.append(
                 {
                     "cell": i,
                     "recipe": r.recipe.get("name"),
                     rep.calibrate: value,
                     "val/loss": loss,
+                    "status": r.status,
+                    "round": round_no,
                     "run": r.path.name,
                 }
             )
+            if value not in tried:
+                tried.append(value)
             if loss is not None and loss < best_loss:
                 best, best_loss, best_run = value, loss, r.path
         if best is None or best_run is None:
             raise SweepError(f"calibration of grid cell {i} {cell} has no completed run with a val/loss")
-        chosen.append(best)
-        best_runs.append(best_run)
-    return chosen, table, best_runs
+        found.chosen.append(best)
+        found.best_runs.append(best_run)
+        found.tried.append(tried)
+    return found
 
 
 def _run_matches(recipe: dict[str, Any], cell: dict[str, Any], source: Path) -> bool:
@@ -354,15 +468,37 @@ def reproduce(args: argparse.Namespace) -> int:
     if code != 0:
         say(f"calibration ended with exit code {code}; re-run the same command to continue it")
         return code
-    chosen, table, reused = choose(out_root / cal.study, spec, rep, source)
-    say(f"2/4 main study {spec.study} at {rep.calibrate} = {chosen} (first seed: the calibration runs)")
+    cal_dirs = [out_root / cal.study]
+    while True:
+        found = choose(cal_dirs, spec, rep, source)
+        todo = found.next_values(list(rep.calibrate_beyond.get(args.size, [])))
+        if not todo:
+            break
+        ext = calibration_round_spec(spec, rep, args.size, source, todo, len(cal_dirs) + 1)
+        say(
+            f"1/4 calibration round {len(cal_dirs) + 1}: a best {rep.calibrate} at an edge of the values "
+            f"tried; trying {', '.join(f'cell {i}: {v}' for i, v in todo)} (study {ext.study})"
+        )
+        code = run_sweep_spec(source, ext, args.size, args.overrides, args.jobs, args.quiet)
+        if code != 0:
+            say(f"calibration ended with exit code {code}; re-run the same command to continue it")
+            return code
+        cal_dirs.append(out_root / ext.study)
+    chosen = found.chosen
     main = main_spec(spec, rep, args.size, chosen, source)
+    main.study = main_study_name(spec.study, len(cal_dirs))  # type: ignore[arg-type]
+    # After extra calibration rounds the grid may differ from an earlier main study's: its finished
+    # runs at the values kept now are reused, the rest is trained in a study of its own.
+    earlier = [out_root / main_study_name(spec.study, k) for k in range(1, len(cal_dirs))]  # type: ignore[arg-type]
+    main.grid, reused_main = reuse_finished(main.grid, earlier, source)
+    say(f"2/4 main study {main.study} at {rep.calibrate} = {chosen} (first seed: the calibration runs)")
     if main.grid:
         code = run_sweep_spec(source, main, args.size, args.overrides, args.jobs, args.quiet)
         if code != 0:
             say(f"main study ended with exit code {code}; re-run the same command to continue it")
             return code
-    run_dirs = [p for p in [out_root / spec.study] if p.is_dir()] + reused  # type: ignore[operator]
+    reused = found.best_runs + reused_main
+    run_dirs = [p for p in [out_root / main.study] if p.is_dir()] + reused  # type: ignore[operator]
     say("3/4 evaluate every completed trial on the test split")
     failures = evaluate_trials(run_dirs, rep, args.size, source, args.quiet)
     for line in failures:
@@ -373,16 +509,25 @@ def reproduce(args: argparse.Namespace) -> int:
         "command": "mosaics-lab reproduce "
         + " ".join(shlex.quote(a) for a in [args.study, "--size", args.size, *args.overrides]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "wall_time_s": _wall_time(out_root, spec.study, cal.study),  # type: ignore[arg-type]
+        # every run trained for the study, across sittings: all calibration rounds, every main study
+        "wall_time_s": _wall_time(out_root, *(d.name for d in [*cal_dirs, *earlier, out_root / main.study])),
         "this_sitting_s": round(time.time() - started, 1),
-        "calibration": table,
+        "calibration": found.table,
         "chosen": chosen,
+        "not_bracketed": found.edges([_cell_label(c) for c in spec.grid or [{}]], rep.calibrate),
         "reused": [str(p) for p in reused],
     }
     results = collect(run_dirs, rspec, meta)
     written = write_report(results, rspec, out_md)
     say(f"4/4 wrote {written['md']} ({len(written['figures'])} figures)")
     return 1 if failures else 0
+
+
+def _cell_label(cell: dict[str, Any]) -> str:
+    from mosaics_lab.sweeps.spec import RECIPE_KEY
+
+    recipe = cell.get(RECIPE_KEY)
+    return Path(str(recipe)).stem if recipe else json.dumps(cell, sort_keys=True, default=str)
 
 
 def _wall_time(out_root: Path, *studies: str) -> float:

@@ -117,6 +117,19 @@ def test_the_report_says_what_its_numbers_show_or_that_nobody_has_written_it():
     assert text.index("What the numbers show") < text.index("## Calibration")
 
 
+def test_the_report_names_every_kept_value_that_the_search_did_not_bracket():
+    res = results()
+    res["meta"]["chosen"] = [1e-3, 1e-3]
+    res["meta"]["not_bracketed"] = ["llama_icl: train.lr = 0.001 is the lowest value tried (0.001, 0.003)"]
+    text = render(res, SPEC)
+    assert "**Not bracketed**" in text and "- llama_icl: train.lr = 0.001 is the lowest value tried" in text
+    res["meta"]["not_bracketed"] = []
+    text = render(res, SPEC)
+    assert "Not bracketed" not in text and "Every kept value is bracketed" in text
+    del res["meta"]["not_bracketed"]  # a report written before the search could extend itself
+    assert "bracketed" not in render(res, SPEC)
+
+
 def _png_width(path) -> int:
     import struct
 

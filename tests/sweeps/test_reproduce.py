@@ -13,10 +13,13 @@ from mosaics_lab import constants as C
 from mosaics_lab.cli import main
 from mosaics_lab.sweeps.reproduce import (
     STUDY_DIR,
+    calibration_round_spec,
     calibration_spec,
     choose,
     main_spec,
+    main_study_name,
     parse_reproduce,
+    reuse_finished,
     size_overrides,
     study_path,
 )
@@ -84,6 +87,21 @@ def test_mosaic_v2_windows_stay_below_the_training_context_at_cpu_and_gpu_sizes(
             assert max(model.ltm_delay_train) <= model.stm_window and model.ltm_delay_eval < model.stm_window
 
 
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_can_search_beyond_both_edges_of_its_grid_at_the_cpu_and_gpu_sizes(name):
+    """Three of the stories study's four kept learning rates were grid edges: every study lists
+    values below and above its choices so that the search can bracket what it keeps."""
+    path = REPO / STUDY_DIR / f"{name}.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    choices = spec.space[rep.calibrate].choices
+    for size in ("cpu", "gpu"):
+        beyond = rep.calibrate_beyond[size]
+        assert min(beyond) < min(choices) and max(beyond) > max(choices), (name, size)
+        assert not set(beyond) & set(choices), (name, size)
+    assert "smoke" not in rep.calibrate_beyond  # the smoke size stays a fixed number of runs
+
+
 def test_calibration_runs_every_value_on_the_first_seed_at_one_axis_point():
     path = REPO / STUDY_DIR / "mqar.yaml"
     spec = load_sweep_spec(path)
@@ -145,10 +163,11 @@ def test_a_missing_reproduce_section_or_title_is_an_error():
         parse_reproduce({"title": "t", "gate": {"margn": 1}}, "x.yaml")
 
 
-def _fake_run(root: Path, n: int, recipe_name: str, lr: float, val_loss: float | None, status="completed"):
+def _fake_run(root: Path, n: int, name: str, lr: float, val_loss: float | None, status="completed", seed=0):
     run = root / f"trial-{n}"
     run.mkdir(parents=True)
-    (run / C.RECIPE_FILE).write_text(yaml.safe_dump({"name": recipe_name, "seed": 0, "train": {"lr": lr}}))
+    recipe = {"name": name, "seed": seed, "train": {"lr": lr}}
+    (run / C.RECIPE_FILE).write_text(yaml.safe_dump(recipe))
     (run / C.SUMMARY_FILE).write_text(json.dumps({"status": status, "global_step": 10}))
     if val_loss is not None:
         (run / C.METRICS_FILE).write_text(json.dumps({"step": 10, C.VAL_LOSS: val_loss}) + "\n")
@@ -165,11 +184,87 @@ def test_choose_keeps_per_cell_the_value_with_the_lowest_final_val_loss(tmp_path
             _fake_run(tmp_path, n, name, lr, loss)
             n += 1
     _fake_run(tmp_path, n, names[0], 1e-2, 0.1, status="failed: NonFiniteError")  # never chosen
-    chosen, table, runs = choose(tmp_path, spec, rep, path)
-    assert chosen == [3e-3, 3e-3, 3e-3] and len(table) == 9
-    assert [r.name for r in runs] == ["trial-1", "trial-4", "trial-7"]  # reused as the first seed
+    found = choose(tmp_path, spec, rep, path)
+    assert found.chosen == [3e-3, 3e-3, 3e-3] and len(found.table) == 10  # the failed run is listed
+    assert [r.name for r in found.best_runs] == ["trial-1", "trial-4", "trial-7"]  # reused as the first seed
+    assert found.next_values([1e-4, 3e-4, 3e-2]) == []  # bracketed: nothing more to try
     with pytest.raises(SweepError, match="grid cell 0"):
         choose(tmp_path / "empty", spec, rep, path)
+
+
+def _study(name: str):
+    path = REPO / STUDY_DIR / f"{name}.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    names = [yaml.safe_load((path.parent / c["recipe"]).read_text())["name"] for c in spec.grid]
+    return path, spec, rep, names
+
+
+def test_a_kept_value_at_an_edge_is_searched_beyond_one_round_at_a_time(tmp_path):
+    """The stories study kept 1e-2 for mosaic_v1 and 1e-3 for mosaic_v2 and llama: edges of the grid,
+    so a better value may lie outside it. Each round tries the nearest value beyond an edge."""
+    path, spec, rep, names = _study("stories")
+    beyond = [1e-4, 3e-4, 3e-2]
+    r1, r2, r3 = tmp_path / "r1", tmp_path / "r2", tmp_path / "r3"
+    losses = {0: (3.0, 2.0, 1.0), 1: (1.0, 2.0, 3.0), 2: (2.0, 1.0, 3.0), 3: (1.0, 2.0, 3.0)}
+    n = 0
+    for cell, name in enumerate(names):
+        for lr, loss in zip((1e-3, 3e-3, 1e-2), losses[cell]):
+            _fake_run(r1, n, name, lr, loss)
+            n += 1
+    found = choose([r1], spec, rep, path)
+    assert found.chosen == [1e-2, 1e-3, 3e-3, 1e-3]
+    assert [found.edge(i) for i in range(4)] == ["highest", "lowest", None, "lowest"]
+    assert found.next_values(beyond) == [(0, 3e-2), (1, 3e-4), (3, 3e-4)]
+    assert found.next_values([]) == []
+    edges = found.edges(["v1", "gpt2", "v2", "llama"], "train.lr")
+    assert len(edges) == 3
+    assert edges[0] == "v1: train.lr = 0.01 is the highest value tried (0.001, 0.003, 0.01)"
+
+    # round 2: mosaic_v1 diverges at 3e-2 (bracketed from above), cell 1 improves, cell 3 does not
+    _fake_run(r2, 0, names[0], 3e-2, None, status="failed: NonFiniteError: loss is nan")
+    _fake_run(r2, 1, names[1], 3e-4, 0.5)
+    _fake_run(r2, 2, names[3], 3e-4, 1.5)
+    _fake_run(r2, 3, names[3], 1e-4, 0.1, status="interrupted")  # stopped: its round trains it again
+    found = choose([r1, r2], spec, rep, path)
+    assert found.chosen == [1e-2, 3e-4, 3e-3, 1e-3] and found.edge(0) is None and found.edge(3) is None
+    assert found.next_values(beyond) == [(1, 1e-4)]  # still the lowest tried
+    assert {row["round"] for row in found.table} == {1, 2} and len(found.table) == 15
+    assert [r for r in found.table if r["status"].startswith("failed")][0]["val/loss"] is None
+
+    _fake_run(r3, 0, names[1], 1e-4, 0.7)
+    found = choose([r1, r2, r3], spec, rep, path)
+    assert found.chosen[1] == 3e-4 and found.next_values(beyond) == []  # every cell bracketed
+    assert found.best_runs[1] == r2 / "trial-1"
+
+
+def test_a_calibration_round_trains_only_its_cells_on_the_first_seed_at_the_calibration_point():
+    path = REPO / STUDY_DIR / "mqar.yaml"
+    spec = load_sweep_spec(path)
+    rep = parse_reproduce(spec.reproduce, str(path))
+    ext = calibration_round_spec(at_size(spec, "cpu"), rep, "cpu", path, [(0, 3e-2), (2, 3e-4)], 2)
+    assert ext.study == "reproduce_mqar-calibrate-2" and ext.seeds == [0] and "train.lr" not in ext.space
+    assert [(c["recipe"], c["train.lr"], c["train.max_steps"]) for c in ext.grid] == [
+        (spec.grid[0]["recipe"], 3e-2, 2000), (spec.grid[2]["recipe"], 3e-4, 2000)
+    ]  # fmt: skip
+    sweep = resolve_sweep(path, [], spec=ext, size="cpu")
+    assert [c.params["train.lr"] for c in sweep.cells] == [3e-2, 3e-4]
+
+
+def test_after_more_rounds_the_main_study_reuses_the_earlier_runs_it_still_needs(tmp_path):
+    path, spec, rep, names = _study("stories")
+    assert main_study_name("reproduce_stories", 1) == "reproduce_stories"  # one round: as before
+    assert main_study_name("reproduce_stories", 3) == "reproduce_stories-r3"
+    old = tmp_path / "reproduce_stories"
+    _fake_run(old, 0, names[0], 1e-2, 0.27, seed=1)  # mosaic_v1's value is still kept: reused
+    _fake_run(old, 1, names[2], 1e-3, 0.26, seed=1)  # mosaic_v2 now keeps 3e-4: trained again
+    _fake_run(old, 2, names[1], 3e-3, 0.27, seed=1, status="interrupted")  # unfinished: trained again
+    grid = main_spec(spec, rep, "cpu", [1e-2, 3e-3, 3e-4, 3e-4], path).grid
+    remaining, reused = reuse_finished(grid, [old, tmp_path / "reproduce_stories-r2"], path)
+    assert reused == [old / "trial-0"]
+    assert [(c["recipe"], c["train.lr"]) for c in remaining] == [
+        (spec.grid[1]["recipe"], 3e-3), (spec.grid[2]["recipe"], 3e-4), (spec.grid[3]["recipe"], 3e-4)
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -206,3 +301,45 @@ def test_a_whole_study_runs_at_smoke_size_and_its_report_renders_again(tmp_path,
     report.unlink()
     assert main([*args[:6], "--report-only"]) == 0
     assert "Induction heads" in report.read_text()
+
+
+@pytest.mark.slow
+def test_a_study_whose_kept_value_is_an_edge_searches_beyond_it_and_reuses_its_main_runs(tmp_path):
+    """One architecture, one learning rate: the kept value is trivially an edge. Run as shipped (no
+    `calibrate_beyond`), the report says so; with a value beyond it, a second calibration round
+    trains it, and the main study after two rounds reuses the first main study's run where the kept
+    value did not change."""
+    source = REPO / STUDY_DIR / "induction.yaml"
+    raw = yaml.safe_load(source.read_text())
+    llama = str((source.parent / raw["grid"][2]["recipe"]).resolve())
+    raw.update(study="reproduce_bracket", base_recipe=llama, grid=[{"recipe": llama}])
+    raw["space"]["train.lr"]["choices"] = [1e-3]
+    study = tmp_path / "bracket.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "runs"
+    args = ["reproduce", str(study), "--size", "smoke", "--out", str(out), "--quiet"]
+    args.append(f"data.path={tmp_path / 'data'}")
+    assert main(args) == 0
+    report = out / "reproduce_bracket" / "report" / "bracket.md"
+    meta = json.loads(report.with_name("bracket_results.json").read_text())["meta"]
+    assert meta["not_bracketed"] == ["induction_llama: train.lr = 0.001 is the only value tried"]
+    assert "**Not bracketed**" in report.read_text()
+    first_main = sorted((out / "reproduce_bracket").glob("trial-*"))
+    assert len(first_main) == 1  # seed 1 (seed 0 is the calibration run)
+
+    raw["reproduce"]["calibrate_beyond"] = {"smoke": [1e-2]}
+    study.write_text(yaml.safe_dump(raw))
+    assert main(args) == 0
+    assert len(list((out / "reproduce_bracket-calibrate-2").glob("trial-*"))) == 1
+    meta = json.loads(report.with_name("bracket_results.json").read_text())["meta"]
+    assert [(r["train.lr"], r["round"]) for r in meta["calibration"]] == [(1e-3, 1), (1e-2, 2)]
+    kept = meta["chosen"][0]
+    second_main = sorted((out / "reproduce_bracket-r2").glob("trial-*"))
+    if kept == 1e-3:  # seed 1 at 1e-3 exists already: nothing trained again
+        assert second_main == [] and str(first_main[0]) in meta["reused"]
+    else:
+        assert len(second_main) == 1 and str(first_main[0]) not in meta["reused"]
+    assert meta["not_bracketed"] == ([] if kept == 1e-3 else [
+        "induction_llama: train.lr = 0.01 is the highest value tried (0.001, 0.01)"
+    ])  # fmt: skip
+    assert len(meta["reused"]) == 2 - len(second_main)  # calibration run (+ the first main run)
