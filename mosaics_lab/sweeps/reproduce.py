@@ -24,7 +24,9 @@ than one sitting continues where it stopped when the same command is run again:
    run dirs alone; ``--report-only`` re-renders the stored ``results.json`` without any run.
 
 The smoke size (minutes on a CPU: the slow test suite runs it) writes its report under the study's
-output folder, never over the committed reports.
+output folder, never over the committed reports. Where ``runs/`` does not outlive a sitting,
+``--save-state FILE`` / ``--resume-from FILE`` carry the reproduction over without its weights
+(``sweeps.state``).
 """
 
 from __future__ import annotations
@@ -462,6 +464,12 @@ def reproduce(args: argparse.Namespace) -> int:
         if args.quiet
         else (lambda msg: print(f"[reproduce {spec.study}] {msg}", flush=True))
     )
+    if args.save_state:
+        return save_reproduction(Path(args.save_state), spec, rep, args, source, out_root, say)
+    if args.resume_from:
+        from mosaics_lab.sweeps.state import restore_state
+
+        restore_state(Path(args.resume_from), out_root, str(spec.study), args.size, say)
     cal = calibration_spec(spec, rep, args.size, source)
     say(f"1/4 calibrate {rep.calibrate} on seed {cal.seeds[0] if cal.seeds else 'recipe'}: study {cal.study}")
     code = run_sweep_spec(source, cal, args.size, args.overrides, args.jobs, args.quiet)
@@ -505,10 +513,7 @@ def reproduce(args: argparse.Namespace) -> int:
         print(f"mosaics-lab: {line}", file=sys.stderr)
     meta = {
         "study": spec.study,
-        "size": args.size,
-        "command": "mosaics-lab reproduce "
-        + " ".join(shlex.quote(a) for a in [args.study, "--size", args.size, *args.overrides]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **_provenance(args),
         # every run trained for the study, across sittings: all calibration rounds, every main study
         "wall_time_s": _wall_time(out_root, *(d.name for d in [*cal_dirs, *earlier, out_root / main.study])),
         "this_sitting_s": round(time.time() - started, 1),
@@ -521,6 +526,47 @@ def reproduce(args: argparse.Namespace) -> int:
     written = write_report(results, rspec, out_md)
     say(f"4/4 wrote {written['md']} ({len(written['figures'])} figures)")
     return 1 if failures else 0
+
+
+def save_reproduction(
+    target: Path,
+    spec: SweepSpec,
+    rep: ReproduceSpec,
+    args: argparse.Namespace,
+    source: Path,
+    out_root: Path,
+    say: Any,
+) -> int:
+    """``--save-state``: settle the journals, evaluate every finished run that lacks an evaluation (the
+    archive keeps no weights), write the archive (``sweeps.state``). Trains nothing."""
+    from mosaics_lab.sweeps.state import save_state, settle_trials, study_dirs
+
+    folders = study_dirs(out_root, str(spec.study))
+    for folder in folders:
+        settle_trials(folder, spec, say)
+    failures = evaluate_trials(folders, rep, args.size, source, args.quiet) if folders else []
+    for line in failures:
+        print(f"mosaics-lab: {line}", file=sys.stderr)
+    save_state(out_root, str(spec.study), target, _provenance(args), say)
+    size_kib = target.stat().st_size / 1024
+    say(f"wrote {target} ({size_kib:.0f} KiB); continue with --resume-from {target}")
+    if failures:
+        print(
+            "mosaics-lab: the runs above have no evaluation in the archive; where it is restored they "
+            "cannot be evaluated (no checkpoint): fix the evaluation and save again from here",
+            file=sys.stderr,
+        )
+    return 1 if failures else 0
+
+
+def _provenance(args: argparse.Namespace) -> dict[str, Any]:
+    """The size, the command that reruns the reproduction, and the machine it ran on."""
+    command = [args.study, "--size", args.size, *args.overrides]
+    return {
+        "size": args.size,
+        "command": "mosaics-lab reproduce " + " ".join(shlex.quote(a) for a in command),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
 
 
 def _cell_label(cell: dict[str, Any]) -> str:
@@ -558,8 +604,23 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--jobs", "-j", type=int, default=1, help="trials at once (default 1: one training at a time)"
     )
     p.add_argument("--out", default=None, help="output root of the studies' runs (default: the file's, runs)")
-    p.add_argument("--report-only", action="store_true", help="re-render the report from its stored results")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument(
+        "--report-only", action="store_true", help="re-render the report from its stored results"
+    )
+    state.add_argument(
+        "--save-state",
+        metavar="FILE.tar.gz",
+        help="evaluate the finished runs, then write the reproduction's state without weights (journals, "
+        "recipes, metrics, evaluations) to FILE; trains nothing",
+    )
+    state.add_argument(
+        "--resume-from",
+        metavar="FILE.tar.gz",
+        help="restore a --save-state archive under the output root (folders already there are kept), "
+        "then continue the reproduction",
+    )
     p.set_defaults(func=run_reproduce_cli)
     from mosaics_lab.sweeps.cli import IntermixedParser
 

@@ -4,6 +4,8 @@ value from stored runs, and (slow) a whole study at --size smoke."""
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -343,3 +345,38 @@ def test_a_study_whose_kept_value_is_an_edge_searches_beyond_it_and_reuses_its_m
         "induction_llama: train.lr = 0.01 is the highest value tried (0.001, 0.01)"
     ])  # fmt: skip
     assert len(meta["reused"]) == 2 - len(second_main)  # calibration run (+ the first main run)
+
+
+@pytest.mark.slow
+def test_a_study_saved_without_weights_continues_elsewhere_without_training_again(tmp_path):
+    """The sitting ends after the calibration; --save-state; the runs folder is gone (a fresh clone);
+    --resume-from: the calibration is not trained again, the main study trains, and the report equals
+    that of the reproduction run in one sitting (training is deterministic on the CPU)."""
+    out = tmp_path / "runs"
+    base = ["reproduce", "induction", "--size", "smoke", "--out", str(out), "--quiet"]
+    data = f"data.path={tmp_path / 'data'}"
+    assert main([*base, data]) == 0
+    report = out / "reproduce_induction" / "report" / "induction_results.json"
+    whole = json.loads(report.read_text())
+    shutil.rmtree(out / "reproduce_induction")  # as if the sitting ended before the main study
+    calibration = {p.relative_to(out): p.read_text() for p in out.rglob("summary.json")}
+    archive = tmp_path / "state" / "induction.tar.gz"
+    assert main([*base, "--save-state", str(archive), data]) == 0
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert not any("ckpt" in n or "tfevents" in n for n in names)
+    assert sum(n.endswith("/eval/induction.json") for n in names) == 9  # every run evaluated first
+    shutil.rmtree(out)
+    assert main([*base, "--resume-from", str(archive), data]) == 0
+    for path, text in calibration.items():
+        assert (out / path).read_text() == text  # restored, not trained again
+    assert len(list((out / "reproduce_induction").glob("trial-*"))) == 3  # the main study trained
+    again = json.loads(report.read_text())
+
+    def values(results):
+        return sorted(
+            (r["group"]["model.arch"], r["seed"], json.dumps(r["evals"], sort_keys=True))
+            for r in results["runs"]
+        )
+
+    assert values(again) == values(whole) and again["meta"]["chosen"] == whole["meta"]["chosen"]
