@@ -33,6 +33,7 @@ from typing import Any
 
 from mosaics_lab import constants as C
 from mosaics_lab.sweeps.spec import SweepError, SweepSpec
+from mosaics_lab.sweeps.storage import JOURNAL_FILE
 
 MANIFEST = "state.json"
 STATE_VERSION = 1
@@ -66,7 +67,6 @@ def settle_trials(folder: Path, spec: SweepSpec, say: Callable[[str], None]) -> 
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    from mosaics_lab.sweeps.storage import JOURNAL_FILE
     from mosaics_lab.sweeps.workers import reap_dead_trials
 
     journal = folder / JOURNAL_FILE
@@ -105,6 +105,10 @@ def save_state(
         **meta,
         "studies": {},
     }
+    if target.is_dir():
+        raise SweepError(
+            f"--save-state: {target} is a folder; give a file name, e.g. {target / study}.tar.gz"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     try:
@@ -121,7 +125,7 @@ def _write_archive(
 ) -> None:
     with tarfile.open(tmp, "w:gz") as tar:
         for folder in folders:
-            journal = folder / "journal.log"
+            journal = folder / JOURNAL_FILE
             if journal.is_file():
                 tar.add(journal, arcname=f"{folder.name}/{journal.name}")
             kept, left = [], []
@@ -186,6 +190,15 @@ def restore_state(
         raise SweepError(f"--resume-from: {source}: no such file (write one with --save-state)")
     if not tarfile.is_tarfile(source):
         raise SweepError(f"--resume-from: {source}: not a state archive (not a tar file)")
+    try:
+        return _restore(source, out_root, study, size, say)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise SweepError(f"--resume-from: {source}: cannot unpack it ({exc}); save it again") from exc
+
+
+def _restore(
+    source: Path, out_root: Path, study: str, size: str | None, say: Callable[[str], None]
+) -> list[str]:
     out_root.mkdir(parents=True, exist_ok=True)
     # unpacked beside its destination (a rename, not a copy); a dot folder is never taken for a study
     with (
@@ -226,7 +239,7 @@ def restore_state(
             unpacked = Path(tmp) / name
             if not unpacked.is_dir():
                 continue
-            journal = unpacked / "journal.log"
+            journal = unpacked / JOURNAL_FILE
             if journal.is_file() and manifest.get("out_root") != str(out_root):
                 _rewrite_run_dirs(journal, str(manifest.get("out_root")), str(out_root))
             shutil.move(str(unpacked), str(dest))

@@ -103,6 +103,8 @@ def test_the_archive_keeps_ended_runs_records_and_no_weights(tmp_path):
         "left_behind": ["trial-0002"],
     }
     assert any("left behind" in line and "trial-0002" in line for line in lines)
+    with pytest.raises(SweepError, match="is a folder; give a file name"):
+        save_state(root, "rep", tmp_path / "state", {})
     with pytest.raises(SweepError, match="no study of 'other'"):
         save_state(root, "other", tmp_path / "o.tar.gz", {})
 
@@ -144,6 +146,10 @@ def test_restoring_refuses_another_study_size_or_file(tmp_path):
         restore_state(archive, tmp_path / "a", "rep", "gpu")
     with pytest.raises(SweepError, match="no such file"):
         restore_state(tmp_path / "missing.tar.gz", tmp_path / "a", "rep")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[:-200])  # a copy cut short
+    with pytest.raises(SweepError, match="cut.tar.gz"):
+        restore_state(cut, tmp_path / "b", "rep", "cpu")
     (tmp_path / "junk.tar.gz").write_text("not a tar")
     with pytest.raises(SweepError, match="not a state archive"):
         restore_state(tmp_path / "junk.tar.gz", tmp_path / "a", "rep")
