@@ -63,6 +63,9 @@ class ReportSpec:
     gate: Gate = field(default_factory=Gate)
     notes: str = ""  # what the study's set-up differs in from the paper's, and why
     reading: str = ""  # what this size's measured numbers show, and the verdict on the claim
+    # the study's axis (one of ``group_by``: a budget, a number of training languages): each eval's
+    # headline metrics are drawn against it, one line per value of the other keys
+    axis: str | None = None
 
 
 # --- collecting ----------------------------------------------------------------------------------
@@ -190,6 +193,7 @@ def summarize(results: Mapping[str, Any], spec: ReportSpec) -> dict[str, Any]:
         g = groups.setdefault(_key(r["group"]), {"group": r["group"], "by_select": {}})
         g["by_select"].setdefault(json.dumps(r["select"]), []).append(r)
     calibration, main, curves = [], [], {}
+    axis_curves: dict[str, dict[str, dict[str, Any]]] = {}
     for g in groups.values():
         scored = []
         for sel, members in g["by_select"].items():
@@ -217,15 +221,69 @@ def summarize(results: Mapping[str, Any], spec: ReportSpec) -> dict[str, Any]:
                 curves.setdefault(name, {})[_label(g["group"])] = _curve(evs)
         row["learned"] = "yes" if ok else "no"
         main.append({**row, "gate": why})
+        if spec.axis is not None and spec.axis in g["group"]:
+            _add_axis_point(axis_curves, g["group"], members, spec, ok)
     calibration.sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
     main.sort(key=lambda r: json.dumps({k: r[k] for k in spec.group_by}, sort_keys=True, default=str))
+    for by_metric in axis_curves.values():
+        for by_series in by_metric.values():
+            for c in by_series.values():  # each line in axis order
+                order = sorted(range(len(c["x"])), key=lambda i: c["x"][i])
+                for k in ("x", "stats", "learned"):
+                    c[k] = [c[k][i] for i in order]
     return {
         "calibration": calibration,
         "main": main,
         "curves": curves,
+        "axis_curves": axis_curves,
+        "axis_label": _axis_label(spec.axis),
         "runs": len(results["runs"]),
         "completed": len(done),
     }
+
+
+# A budget axis is drawn against what it buys: the training sequences seen (steps x global batch).
+_BUDGET_KEY = "train.max_steps"
+
+
+def _axis_label(axis: str | None) -> str | None:
+    if axis is None:
+        return None
+    return "training sequences seen" if axis == _BUDGET_KEY else axis.rsplit(".", 1)[-1]
+
+
+def _add_axis_point(
+    out: dict[str, dict[str, dict[str, Any]]],
+    group: Mapping[str, Any],
+    members: Sequence[Mapping[str, Any]],
+    spec: ReportSpec,
+    ok: bool,
+) -> None:
+    """One point per headline metric of each eval: mean, std, n over the seed runs of one row, at the
+    row's axis value, on the line of the row's other group keys. A row that did not learn stays on the
+    line (chance at a small budget is a point of a sample-efficiency curve)."""
+    assert spec.axis is not None
+    x = members[0]["sequences"] if spec.axis == _BUDGET_KEY else group[spec.axis]
+    if not isinstance(x, (int, float)):
+        return  # a categorical axis has no line to draw
+    series = _label({k: v for k, v in group.items() if k != spec.axis})
+    for name in spec.evals:
+        evs = [r["evals"].get(name) for r in members]
+        chance = next((ev.get("chance") for ev in evs if ev and ev.get("chance") is not None), None)
+        if chance is None and spec.gate.eval == name:
+            chance = spec.gate.chance
+        for metric in sorted({k for ev in evs if ev for k in ev.get("metrics", {})}):
+            stats = mean_std([(ev or {}).get("metrics", {}).get(metric) for ev in evs])
+            if stats[0] is None:
+                continue
+            line = out.setdefault(name, {}).setdefault(metric, {}).setdefault(
+                series, {"x": [], "stats": [], "learned": [], "chance": None}
+            )
+            line["x"].append(x)
+            line["stats"].append(stats)
+            line["learned"].append(ok)
+            if metric == spec.gate.metric:
+                line["chance"] = chance
 
 
 def _curve(evs: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
@@ -342,6 +400,56 @@ def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: Path, stem: st
     return paths
 
 
+def plot_axis_curves(
+    axis_curves: Mapping[str, Mapping[str, Mapping[str, Any]]], axis_label: str, out_dir: Path, stem: str
+) -> list[Path]:
+    """One PNG per (eval, headline metric): mean +- std over seeds against the study's axis, one line
+    per row of the other keys; hollow markers where the row did not learn; log x over a decade or more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tag = "sequences" if axis_label == _axis_label(_BUDGET_KEY) else axis_label
+    paths = []
+    for name, by_metric in axis_curves.items():
+        for metric, by_series in by_metric.items():
+            fig, ax = plt.subplots(figsize=(5.5, 3.5))
+            xs_all: list[float] = []
+            chance, any_hollow = None, False
+            for label, c in by_series.items():
+                ys = [s[0] for s in c["stats"]]
+                es = [s[1] or 0.0 for s in c["stats"]]
+                (line, *_) = ax.errorbar(c["x"], ys, yerr=es, marker="o", capsize=3, label=label)
+                hollow = [i for i, ok in enumerate(c["learned"]) if not ok]
+                if hollow:
+                    any_hollow = True
+                    ax.plot(
+                        [c["x"][i] for i in hollow],
+                        [ys[i] for i in hollow],
+                        "o",
+                        mfc="white",
+                        mec=line.get_color(),
+                    )
+                xs_all += c["x"]
+                chance = c["chance"] if c["chance"] is not None else chance
+            if chance is not None:
+                ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+            if xs_all and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all):
+                ax.set_xscale("log")
+            ax.set_xlabel(axis_label)
+            ax.set_ylabel(metric)
+            note = " (hollow: did not learn)" if any_hollow else ""
+            ax.set_title(f"{name}: {metric} vs {axis_label}{note}", fontsize=9)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / f"{stem}_{name}_{metric}_vs_{tag}.png".replace("/", "_")
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
 def render(results: Mapping[str, Any], spec: ReportSpec, figures: Sequence[Path] = ()) -> str:
     """The Markdown report."""
     s = summarize(results, spec)
@@ -419,7 +527,10 @@ def write_report(results: Mapping[str, Any], spec: ReportSpec, out_md: Path) -> 
     stem = out_md.stem
     record = out_md.with_name(f"{stem}_{RESULTS_FILE}")
     record.write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
-    figures = plot_curves(summarize(results, spec)["curves"], out_md.parent, stem)
+    s = summarize(results, spec)
+    figures = plot_curves(s["curves"], out_md.parent, stem)
+    if s["axis_curves"]:
+        figures += plot_axis_curves(s["axis_curves"], s["axis_label"], out_md.parent, stem)
     out_md.write_text(render(results, spec, figures))
     return {"md": out_md, "results": record, "figures": figures}
 

@@ -425,6 +425,7 @@ def report_spec(rep: ReproduceSpec, size: str) -> Any:
         notes=rep.notes,
         reading=rep.reading.get(size, ""),
         group_by=group_by,
+        axis=rep.axis.key if rep.axis else None,
         select=rep.calibrate,
         evals=list(dict.fromkeys(eval_name(j.task, j.ablate) for j in rep.evaluate)),
         gate=Gate(**dataclasses.asdict(rep.gate)),

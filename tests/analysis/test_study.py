@@ -153,3 +153,64 @@ def test_a_per_position_curve_is_drawn_against_position_with_a_late_context_zoom
     (short_png,) = plot_curves({"induction": {"arch=a": short}}, tmp_path, "short")
     assert _png_width(long_png) == 9 * 90  # two panels: the whole curve (log x) and positions >= 16
     assert _png_width(short_png) == int(5.5 * 90)
+
+
+def _budget_run(arch, steps, seed, acc, batch=32):
+    return {
+        "run": f"runs/s/trial-{arch}-{steps}-{seed}",
+        "group": {"model.arch": arch, "train.max_steps": steps},
+        "select": 1e-3,
+        "seed": seed,
+        "recipe": f"icl_{arch}",
+        "params": 1000,
+        "status": "completed",
+        "steps": steps,
+        "sequences": steps * batch,
+        "val_loss": 1.0,
+        "wall_time_s": 10.0,
+        "evals": {"mqar": {"metrics": {"accuracy": acc}, "axis": None, "points": [], "chance": 0.002}},
+    }
+
+
+AXIS_SPEC = ReportSpec(
+    title="MQAR",
+    group_by=["model.arch", "train.max_steps"],
+    axis="train.max_steps",
+    evals=["mqar"],
+    gate=Gate(eval="mqar", metric="accuracy", point=""),
+)
+
+
+def test_a_study_with_an_axis_draws_each_eval_metric_against_it_with_every_row(tmp_path):
+    # MQAR's claim is accuracy vs sequences seen: a budget at which an architecture is still at chance
+    # is a point of that curve (the gate withholds extrapolation curves, not the axis)
+    runs = [
+        _budget_run(arch, steps, seed, acc)
+        for arch, accs in (("llama", (0.002, 0.6)), ("mosaic_v1", (0.5, 1.0)))
+        for steps, acc in zip((125, 2000), accs)
+        for seed in (0, 1)
+    ]
+    res = {"version": 1, "meta": {"command": "mosaics-lab reproduce mqar", "size": "cpu"}, "runs": runs}
+    s = summarize(res, AXIS_SPEC)
+    series = s["axis_curves"]["mqar"]["accuracy"]
+    assert sorted(series) == ["arch=llama", "arch=mosaic_v1"]
+    assert series["arch=llama"]["x"] == [4000, 64000]  # sequences seen: steps x batch, in order
+    assert [m for m, _, _ in series["arch=llama"]["stats"]] == [pytest.approx(0.002), pytest.approx(0.6)]
+    assert series["arch=llama"]["learned"] == [False, True]
+    assert s["axis_label"] == "training sequences seen"
+    out = tmp_path / "mqar.md"
+    written = write_report(res, AXIS_SPEC, out)
+    assert [p.name for p in written["figures"]] == ["mqar_mqar_accuracy_vs_sequences.png"]
+    assert "![mqar_mqar_accuracy_vs_sequences](mqar_mqar_accuracy_vs_sequences.png)" in out.read_text()
+
+
+def test_an_axis_that_is_not_the_budget_is_drawn_against_its_own_values():
+    runs = [
+        {**_budget_run("a", 100, seed, acc), "group": {"model.arch": "a", "data.n_lang": n}}
+        for n, acc in ((100, 0.6), (1000, 0.9))
+        for seed in (0, 1)
+    ]
+    spec = dataclasses.replace(AXIS_SPEC, group_by=["model.arch", "data.n_lang"], axis="data.n_lang")
+    s = summarize({"version": 1, "meta": {}, "runs": runs}, spec)
+    assert s["axis_curves"]["mqar"]["accuracy"]["arch=a"]["x"] == [100, 1000]
+    assert s["axis_label"] == "n_lang"

@@ -21,6 +21,7 @@ from mosaics_lab.sweeps.reproduce import (
     main_spec,
     main_study_name,
     parse_reproduce,
+    report_spec,
     reuse_finished,
     size_overrides,
     study_path,
@@ -147,6 +148,14 @@ def test_the_main_study_never_trains_a_calibration_run_again(name):
         n_axis = len(rep.axis.values[size]) if rep.axis else 1
         assert len(main_.grid) == len(spec.grid) * (n_axis * len(spec.seeds) - 1)
         assert main_.seeds == [] and all("seed" in c for c in main_.grid)
+
+
+@pytest.mark.parametrize("name", ["mqar", "regbench"])
+def test_a_study_with_an_axis_reports_against_it(name):
+    spec = load_sweep_spec(REPO / STUDY_DIR / f"{name}.yaml")
+    rep = parse_reproduce(dict(spec.reproduce or {}), name)
+    rspec = report_spec(rep, "cpu")
+    assert rspec.axis == rep.axis.key and rspec.axis in rspec.group_by
 
 
 def test_sizes_become_overrides_and_an_unknown_study_names_the_studies():
