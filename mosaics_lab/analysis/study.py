@@ -276,8 +276,10 @@ def _add_axis_point(
             stats = mean_std([(ev or {}).get("metrics", {}).get(metric) for ev in evs])
             if stats[0] is None:
                 continue
-            line = out.setdefault(name, {}).setdefault(metric, {}).setdefault(
-                series, {"x": [], "stats": [], "learned": [], "chance": None}
+            line = (
+                out.setdefault(name, {})
+                .setdefault(metric, {})
+                .setdefault(series, {"x": [], "stats": [], "learned": [], "chance": None})
             )
             line["x"].append(x)
             line["stats"].append(stats)
