@@ -393,13 +393,18 @@ def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: Path, stem: st
                 legend_ax = ax
                 ax.set_title(f"{name}: {metric} (mean +- std over seeds)")
                 ax.set_ylabel(metric)
-            legend_ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"{stem}_{name}_{metric}.png".replace("/", "_")
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(_save(fig, legend_ax, out_dir / f"{stem}_{name}_{metric}.png".replace("/", "_")))
     return paths
+
+
+def _save(fig, legend_ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    legend_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def plot_axis_curves(
@@ -443,12 +448,7 @@ def plot_axis_curves(
             ax.set_ylabel(metric)
             note = " (hollow: did not learn)" if any_hollow else ""
             ax.set_title(f"{name}: {metric} vs {axis_label}{note}", fontsize=9)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"{stem}_{name}_{metric}_vs_{tag}.png".replace("/", "_")
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(_save(fig, ax, out_dir / f"{stem}_{name}_{metric}_vs_{tag}.png".replace("/", "_")))
     return paths
 
 
