@@ -286,6 +286,23 @@ def peak_memory_gib(device: torch.device) -> float:
     return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
+class FinalValidation(L.Callback):
+    """Validate at the last optimiser step when the interval would not: a run's final ``val/loss`` is
+    what sweeps and reproductions compare, and a budget shorter than ``eval.every_n_steps`` (or not a
+    multiple of it) would otherwise end without one, or on a stale one.
+
+    Asking Lightning to stop at that step (``trainer.should_stop``) is what makes it run its
+    validation loop there, as it does for early stopping; the run ends at ``max_steps`` either way."""
+
+    def __init__(self, every_n_steps: int) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if trainer.max_steps > 0 and step >= trainer.max_steps and step % self.every_n_steps != 0:
+            trainer.should_stop = True
+
+
 class PerfMonitor(L.Callback):
     """tokens/s, model FLOPs utilisation (when the device's peak is known) and peak memory.
 

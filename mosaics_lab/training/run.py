@@ -33,6 +33,7 @@ from mosaics_lab.data import LMDataModule, dataset_vocab_size
 from mosaics_lab.models import build_model
 from mosaics_lab.training.callbacks import (
     AtomicCheckpointIO,
+    FinalValidation,
     JsonlLogger,
     PerfMonitor,
     RunLifecycle,
@@ -309,6 +310,7 @@ def build_trainer(plan: RunPlan, extra_callbacks: Sequence[L.Callback] = ()) -> 
         *extra_callbacks,
     ]
     if recipe.eval.batches > 0:
+        callbacks.append(FinalValidation(recipe.eval.every_n_steps))
         callbacks.append(
             ModelCheckpoint(
                 dirpath=ckpt_dir,

@@ -258,3 +258,17 @@ def test_a_nonfinite_loss_on_any_micro_batch_stops_before_the_optimiser_steps(
     overrides = tiny_overrides(stories_dir, tmp_path / "run", steps=4) + ["eval.every_n_steps=100"]
     with pytest.raises(NonFiniteError, match="train/loss = nan at step 1"):
         train(load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", overrides))
+
+
+@pytest.mark.parametrize(("steps", "every"), [(3, 250), (7, 4), (8, 4)])
+def test_every_run_ends_on_a_validation_of_its_last_step(stories_dir, tmp_path, steps, every):
+    """A run's final val/loss is what sweeps and reproductions compare: a budget shorter than the
+    validation interval (the MQAR study's 125 steps against eval.every_n_steps 250), or one that is
+    not a multiple of it, still ends with a validation at its last step, and only one there."""
+    overrides = tiny_overrides(stories_dir, tmp_path / "run", steps=steps) + [f"eval.every_n_steps={every}"]
+    run_dir = train(load_recipe(REPO / "recipes" / "gpt2_tiny.yaml", overrides))
+    val_steps = [row["step"] for row in read_metrics(run_dir) if C.VAL_LOSS in row]
+    assert val_steps == [*range(every - 1, steps - 1, every), steps - 1]
+    summary = json.loads((run_dir / C.SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == steps
+    assert C.VAL_LOSS in summary["metrics"]
