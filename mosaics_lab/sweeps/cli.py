@@ -16,13 +16,16 @@ examples:
   mosaics-lab sweep sweeps/v2_bandwidth.yaml --status         # table of trials
   mosaics-lab sweep sweeps/lr_search.yaml train.max_steps=50  # key=value: applied to every trial
   mosaics-lab sweep sweeps/v2_bandwidth.yaml --size smoke     # the file's `sizes: {smoke: ...}` overrides
+  mosaics-lab sweep sweeps/lr_search.yaml --retry-failed      # after a fix: the failed trials run again
 
 A bar on stderr (on a terminal) counts the study's trials done / running / failed with the best value
 so far, and one line per finished trial gives its state, objective, values and wall time (--quiet: none
 of either). A trial's own output goes to its run dir's train.log only.
 Trials run in <out>/<study>/trial-<n>/ (a normal run dir each); the study lives in
 <out>/<study>/journal.log unless --storage (or storage: in the file) names a database. Ctrl-C stops the
-running trials cleanly; they are marked FAILED and re-enqueued, so re-running resumes the study.
+running trials cleanly; they are marked FAILED and re-enqueued, so re-running resumes the study. A
+trial killed by a signal is retried up to max_retry times; one that failed by itself (an error, a
+divergence) is not, until --retry-failed re-enqueues it (it resumes from its own checkpoint).
 """
 
 
@@ -67,6 +70,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output root (overrides output_root; default runs)")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
     p.add_argument("--status", action="store_true", help="print the table of trials and exit")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-enqueue the trials that failed by themselves (errors, divergence), e.g. after a fix; "
+        "each resumes in its own run dir from its last checkpoint",
+    )
     p.add_argument(
         "--quiet",
         action="store_true",
@@ -138,6 +147,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         timeout=args.timeout or spec.timeout,
         train_command=command,
         quiet=args.quiet,
+        retry_failed=args.retry_failed,
     )
     sys.stdout.write("\n" + status_text(study, sweep, storage_name))
     plots = ", ".join(p.name for p in written["plots"]) or "none"
@@ -153,18 +163,29 @@ def launch(
     timeout: float | None = None,
     train_command: list[str] | None = None,
     quiet: bool = False,
+    retry_failed: bool = False,
 ) -> tuple[int, Any, dict[str, Any]]:
     """Open (or join) the resolved ``sweep``'s study and run its trials; write its summary and plots.
     Returns (exit code, the optuna study, what ``report.write_report`` wrote). Used by `sweep` and
-    by `reproduce`, so a reproduction's sweeps run exactly as `mosaics-lab sweep` runs a file."""
+    by `reproduce`, so a reproduction's sweeps run exactly as `mosaics-lab sweep` runs a file.
+    ``retry_failed``: re-enqueue the study's failed trials first (``study.retry_failed``)."""
     from mosaics_lab.sweeps.launcher import Launcher, default_train_command
     from mosaics_lab.sweeps.report import write_report
     from mosaics_lab.sweeps.storage import make_storage, storage_label
     from mosaics_lab.sweeps.study import open_study
+    from mosaics_lab.sweeps.study import retry_failed as requeue_failed
 
     out_dir = sweep.output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(sweep, make_storage(sweep, out_dir))
+    if retry_failed:
+        numbers = requeue_failed(study)
+        said = (
+            f"re-enqueued failed trials {', '.join(map(str, numbers))} (each resumes from its checkpoint)"
+            if numbers
+            else "no failed trial to retry"
+        )
+        print(f"[{sweep.study}] --retry-failed: {said}", flush=True)
     launcher = Launcher(
         sweep=sweep,
         study=study,

@@ -142,3 +142,13 @@ def retry(study: optuna.Study, frozen: FrozenTrial, max_retry: int | None) -> bo
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before
+
+
+def retry_failed(study: optuna.Study) -> list[int]:
+    """Re-enqueue every failed trial that no retry stands in for yet (``--retry-failed``: after fixing
+    what made them fail); each retry runs in its trial's run dir, so it resumes from its checkpoint.
+    Returns the numbers of the trials re-enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = superseded_numbers(trials)
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in superseded]
+    return [t.number for t in failed if retry(study, t, max_retry=None)]

@@ -14,6 +14,8 @@ Behaviour from real recipe keys (so the sweep validates against the real recipe)
   after it and drops the metrics lines logged past it (the ledger's start says ``resumed_from``).
 - FAKE_SIGKILL_AT (env): the first execution in a run dir SIGKILLs itself after that step (as the
   OOM killer would); later executions in the same dir do not.
+- FAKE_CRASH_AT (env): the first execution in a run dir raises after that step (a bug, exit 1: not
+  retried by the launcher); later executions in the same dir do not (the bug was fixed).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
     ledger("start", run_dir=str(run_dir), recipe=argv[1], params=params, resumed_from=resumed)
     kill_at = int(os.environ.get("FAKE_SIGKILL_AT", "0"))
     killed_once = run_dir / "fake.killed"
+    crash_at = int(os.environ.get("FAKE_CRASH_AT", "0"))
+    crashed_once = run_dir / "fake.crashed"
     lr = float(train.get("lr", 1e-3))
     steps, every = int(train.get("max_steps", 6)), int(ev.get("every_n_steps", 2))
     if int(train.get("warmup_steps", 0)) == 13:
@@ -84,6 +88,9 @@ def main(argv: list[str]) -> int:
         if step == kill_at and not killed_once.exists():
             killed_once.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == crash_at and not crashed_once.exists():
+            crashed_once.touch()
+            raise RuntimeError(f"deliberate crash after step {step} (FAKE_CRASH_AT)")
         stop = run_dir / "STOP"
         if stop.exists():
             status = stop.read_text().strip()

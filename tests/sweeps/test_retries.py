@@ -113,3 +113,31 @@ def test_an_eval_objective_is_refused_when_the_sweep_is_validated(tmp_path):
     path = write_sweep(tmp_path, objective={"metric": "eval/mqar/accuracy", "direction": "maximize"})
     with pytest.raises(SweepError, match="eval/... metrics are written by `mosaics-lab eval`"):
         load_sweep_spec(path)
+
+
+def test_a_failed_trial_is_left_alone_unless_retry_failed_then_it_resumes_in_its_own_run_dir(
+    tmp_path, ledger, monkeypatch
+):
+    path = write_sweep(tmp_path, **GRID3)
+    out = tmp_path / "runs"
+    monkeypatch.setenv("FAKE_CRASH_AT", "6")  # a bug that stops every trial after step 6, once each
+    assert run_sweep(path, out) == 0
+    assert [t.state for t in load_trials(out)] == [TrialState.FAIL] * 3
+    monkeypatch.delenv("FAKE_CRASH_AT")  # "fixed"
+
+    assert run_sweep(path, out) == 0  # a plain re-run does not retry a trial that failed by itself
+    assert len(load_trials(out)) == 3
+    assert sum(e["event"] == "start" for e in read_ledger(ledger)) == 3
+
+    assert run_sweep(path, out, "--retry-failed") == 0
+    trials = live_trials(load_trials(out))
+    assert sorted(cell_key(t.params) for t in trials) == [(0.001, None), (0.002, None), (0.003, None)]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    starts = [e for e in read_ledger(ledger) if e["event"] == "start"]
+    assert len(starts) == 6
+    for first, again in zip(starts[:3], starts[3:]):
+        assert again["run_dir"] == first["run_dir"] and again["resumed_from"] == 6
+        assert _metric_steps(Path(first["run_dir"])) == [2, 4, 6, 8, 10, 12]
+
+    assert run_sweep(path, out, "--retry-failed") == 0  # nothing failed is left: nothing runs
+    assert sum(e["event"] == "start" for e in read_ledger(ledger)) == 6
