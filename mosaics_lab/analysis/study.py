@@ -177,12 +177,20 @@ def learned(rows: Sequence[Mapping[str, Any]], gate: Gate) -> tuple[bool, str]:
         return False, f"{gate.metric} at {gate.point} or its chance level is missing"
     mean = statistics.fmean(values)
     bar = chance + gate.margin * (1 - chance)
+    at = f"{gate.metric}@{gate.point}" if gate.point else gate.metric
     if mean > bar and all(v > chance for v in values):
-        return True, f"{gate.metric}@{gate.point} {mean:.3f} > {bar:.3f} (chance {chance:.3f})"
+        return True, f"{at} {mean:.3f} > {bar:.3f} (chance {chance:.3f})"
     return False, (
-        f"did not learn at this budget: {gate.metric}@{gate.point} {mean:.3f} <= {bar:.3f} "
+        f"did not learn at this budget: {at} {mean:.3f} <= {bar:.3f} "
         f"(chance {chance:.3f} + {gate.margin:g} x (1 - chance)); raise the budget"
     )
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Sort key of a group value: numbers by value (125 before 2000), anything else by its text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, json.dumps(value, sort_keys=True, default=str))
 
 
 def summarize(results: Mapping[str, Any], spec: ReportSpec) -> dict[str, Any]:
@@ -224,7 +232,7 @@ def summarize(results: Mapping[str, Any], spec: ReportSpec) -> dict[str, Any]:
         if spec.axis is not None and spec.axis in g["group"]:
             _add_axis_point(axis_curves, g["group"], members, spec, ok)
     calibration.sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
-    main.sort(key=lambda r: json.dumps({k: r[k] for k in spec.group_by}, sort_keys=True, default=str))
+    main.sort(key=lambda r: [_order(r[k]) for k in spec.group_by])
     for by_metric in axis_curves.values():
         for by_series in by_metric.values():
             for c in by_series.values():  # each line in axis order
@@ -437,6 +445,7 @@ def plot_axis_curves(
                         "o",
                         mfc="white",
                         mec=line.get_color(),
+                        zorder=3,  # above the errorbar's own (filled) markers
                     )
                 xs_all += c["x"]
                 chance = c["chance"] if c["chance"] is not None else chance

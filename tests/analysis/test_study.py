@@ -216,3 +216,11 @@ def test_an_axis_that_is_not_the_budget_is_drawn_against_its_own_values():
     s = summarize({"version": 1, "meta": {}, "runs": runs}, spec)
     assert s["axis_curves"]["mqar"]["accuracy"]["arch=a"]["x"] == [100, 1000]
     assert s["axis_label"] == "n_lang"
+
+
+def test_rows_are_in_numeric_order_of_their_group_and_an_unnamed_gate_point_reads_cleanly():
+    runs = [_budget_run("a", steps, seed, 0.01) for steps in (125, 500, 2000, 4000) for seed in (0, 1)]
+    s = summarize({"version": 1, "meta": {}, "runs": runs}, AXIS_SPEC)
+    assert [r["train.max_steps"] for r in s["main"]] == [125, 500, 2000, 4000]  # not "125" < "2000" < "500"
+    assert AXIS_SPEC.gate.point == ""
+    assert all("accuracy 0.010 <= " in r["gate"] for r in s["main"]), s["main"][0]["gate"]
