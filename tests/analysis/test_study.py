@@ -224,3 +224,24 @@ def test_rows_are_in_numeric_order_of_their_group_and_an_unnamed_gate_point_read
     assert [r["train.max_steps"] for r in s["main"]] == [125, 500, 2000, 4000]  # not "125" < "2000" < "500"
     assert AXIS_SPEC.gate.point == ""
     assert all("accuracy 0.010 <= " in r["gate"] for r in s["main"]), s["main"][0]["gate"]
+
+
+def test_the_hollow_markers_of_a_row_that_did_not_learn_are_drawn_above_its_filled_ones(
+    tmp_path, monkeypatch
+):
+    import mosaics_lab.analysis.study as study
+
+    figures = []
+    real_save = study._save
+    monkeypatch.setattr(
+        study, "_save", lambda fig, ax, path: (figures.append(fig), real_save(fig, ax, path))[1]
+    )
+    runs = [_budget_run("llama", steps, seed, 0.002) for steps in (125, 2000) for seed in (0, 1)]
+    s = summarize({"version": 1, "meta": {}, "runs": runs}, AXIS_SPEC)
+    study.plot_axis_curves(s["axis_curves"], s["axis_label"], tmp_path, "mqar")
+    (fig,) = figures
+    lines = fig.axes[0].get_lines()
+    filled = [ln for ln in lines if ln.get_marker() == "o" and ln.get_markerfacecolor() != "white"]
+    hollow = [ln for ln in lines if ln.get_markerfacecolor() == "white"]
+    assert filled and hollow
+    assert min(h.get_zorder() for h in hollow) > max(f.get_zorder() for f in filled)
