@@ -113,6 +113,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if args.jobs < 1:
         raise SweepError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.status and args.retry_failed:
+        raise SweepError(
+            "--retry-failed re-runs the failed trials and --status only prints the table: run the "
+            "sweep again with --retry-failed and without --status"
+        )
     if args.n_trials is not None and args.n_trials < 1:
         raise SweepError(f"--n-trials must be >= 1, got {args.n_trials}")
     spec = load_sweep_spec(args.sweep)

@@ -141,3 +141,10 @@ def test_a_failed_trial_is_left_alone_unless_retry_failed_then_it_resumes_in_its
 
     assert run_sweep(path, out, "--retry-failed") == 0  # nothing failed is left: nothing runs
     assert sum(e["event"] == "start" for e in read_ledger(ledger)) == 6
+
+
+def test_retry_failed_with_status_is_refused_with_what_to_run_instead(tmp_path, capsys):
+    path = write_sweep(tmp_path, **GRID3)
+    assert run_sweep(path, tmp_path / "runs", "--status", "--retry-failed") == 2
+    err = capsys.readouterr().err
+    assert "--retry-failed" in err and "--status" in err and "without --status" in err
